@@ -1,0 +1,391 @@
+"""The Signature Activation Module: verify the SAD, then sign (SAD-3 to SAD-5).
+
+One narrow entry point per decision keeps the SAM separable from the web
+front end: :meth:`SignatureActivationModule.verify_and_sign` is the only code
+path that reaches a signer's key in the HSM (EN 419241-2, SAM protection of
+the signing key), and it does so only for the hashes that a verified SAD
+covers, once per SAD.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey
+
+from hsm import Hsm, HsmError, KeyType, SignMechanism
+from hsm import HashAlg as HsmHashAlg
+from sam.errors import (
+    ActivationError,
+    AudienceMismatch,
+    CredentialMismatch,
+    CredentialUnusable,
+    DecisionMismatch,
+    DeviceRevoked,
+    DisplayTextMismatch,
+    ForeignDevice,
+    HashMismatch,
+    IssuerMismatch,
+    MalformedSad,
+    NonceMismatch,
+    RequestExpired,
+    RequestMismatch,
+    RequestNotFound,
+    RequestNotPending,
+    SadExpired,
+    SadNotYetValid,
+    SadReplayed,
+    SignatureCountMismatch,
+    SigningFailed,
+    UnknownDevice,
+    WrongVerificationCode,
+)
+from sam.sad import SadClaims, read_header, verify_sad
+from store import Device, DeviceStatus, RequestState, SignatureRequest, Store
+
+__all__ = ["SignatureActivationModule", "display_text_hash", "mechanism_for"]
+
+log = logging.getLogger(__name__)
+
+APPROVE = "approve"
+REJECT = "reject"
+
+# A SAD is short lived: it is made seconds before it is sent.
+MAX_CLOCK_SKEW = timedelta(seconds=60)
+MAX_SAD_LIFETIME = 300
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def display_text_hash(text: str) -> str:
+    """base64url SHA-256 of the UTF-8 display text, as the ``dth`` claim."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def mechanism_for(key_algorithm: str) -> SignMechanism:
+    key_type = KeyType(key_algorithm)
+    if key_type in (KeyType.EC_P256, KeyType.EC_P384):
+        return SignMechanism.ECDSA
+    return SignMechanism.RSA_PKCS1V15
+
+
+def _sad_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+
+class SignatureActivationModule:
+    """Checks Signature Activation Data and drives the HSM for one request."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        hsm: Hsm,
+        audience: str,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._store = store
+        self._hsm = hsm
+        self._audience = audience
+        self._clock = clock
+        self._keys: dict[str, ECKey] = {}
+
+    @property
+    def audience(self) -> str:
+        return self._audience
+
+    async def verify_and_sign(self, *, request_id: str, sad: str) -> SignatureRequest:
+        """Verify an approving SAD for ``request_id`` and sign its hashes.
+
+        Returns the request in state ``signed``. Raises an
+        :class:`ActivationError` subclass naming the rule that failed; every
+        acceptance and refusal leaves an audit record (AUD-1).
+        """
+        digest = _sad_digest(sad)
+        try:
+            device, claims, request = await self._verify(
+                request_id=request_id, sad=sad, decision=APPROVE
+            )
+            # The user must have picked the code the relying app showed.
+            vc = claims.verification_code or ""
+            if not hmac.compare_digest(vc, request.verification_code):
+                await self._store.transition(
+                    request.request_id,
+                    from_states=(RequestState.PENDING,),
+                    to_state=RequestState.FAILED,
+                    now=self._clock(),
+                    updates={"error": WrongVerificationCode.code},
+                )
+                raise WrongVerificationCode("the verification code picked is wrong")
+            approved = await self._consume(request, digest)
+        except ActivationError as e:
+            await self._refused(request_id=request_id, sad_digest=digest, error=e)
+            raise
+        await self._audit(
+            "sad.accepted",
+            actor=f"device:{device.device_id}",
+            subject=f"request:{request_id}",
+            outcome="success",
+            details={"sad_sha256": digest, "user": device.user_id},
+        )
+        return await self._sign(approved, claims)
+
+    async def verify_and_reject(
+        self, *, request_id: str, sad: str
+    ) -> SignatureRequest:
+        """Verify a rejecting SAD and move the request to ``rejected``."""
+        digest = _sad_digest(sad)
+        try:
+            device, _claims, request = await self._verify(
+                request_id=request_id, sad=sad, decision=REJECT
+            )
+            rejected = await self._store.transition(
+                request.request_id,
+                from_states=(RequestState.PENDING,),
+                to_state=RequestState.REJECTED,
+                now=self._clock(),
+                not_expired=True,
+                updates={"sad_digest": digest, "error": "rejected_by_user"},
+            )
+            if rejected is None:
+                raise await self._lost_race(request_id)
+        except ActivationError as e:
+            await self._refused(request_id=request_id, sad_digest=digest, error=e)
+            raise
+        await self._audit(
+            "request.rejected",
+            actor=f"device:{device.device_id}",
+            subject=f"request:{request_id}",
+            outcome="success",
+            details={"sad_sha256": digest, "user": device.user_id},
+        )
+        return rejected
+
+    # -- verification ----------------------------------------------------
+
+    async def _verify(
+        self, *, request_id: str, sad: str, decision: str
+    ) -> tuple[Device, SadClaims, SignatureRequest]:
+        header = read_header(sad)
+
+        device = await self._store.get_device(header.device_id)
+        if device is None:
+            raise UnknownDevice("the SAD was made by an unknown device")
+        if device.status is not DeviceStatus.ACTIVE:
+            raise DeviceRevoked("the SAD was made by a revoked device")
+
+        claims = verify_sad(sad, self._device_key(device))
+
+        request = await self._store.get_request(request_id)
+        if request is None:
+            raise RequestNotFound("no such signature request")
+
+        # The approving device must belong to the signer (SAD-3).
+        if device.user_id != request.user_id:
+            raise ForeignDevice("the device does not belong to the signer")
+
+        if claims.issuer != device.device_id:
+            raise IssuerMismatch("iss does not name the signing device")
+
+        if claims.decision != decision:
+            raise DecisionMismatch(f"the SAD does not {decision} the request")
+
+        if claims.audience != self._audience:
+            raise AudienceMismatch("the SAD was made for another server")
+
+        if claims.request_id != request.request_id:
+            raise RequestMismatch("the SAD was made for another request")
+
+        if claims.credential_id != request.credential_id:
+            raise CredentialMismatch("the SAD was made for another credential")
+
+        if not hmac.compare_digest(claims.nonce, request.nonce):
+            raise NonceMismatch("the SAD carries another request's nonce")
+
+        # Every hash, exactly, in order (SAD-2): none missing, added or changed.
+        if claims.hash_algorithm != request.hash_algorithm:
+            raise HashMismatch("the SAD names another hash algorithm")
+        if claims.hashes != request.hashes:
+            raise HashMismatch("the SAD does not cover exactly the request's hashes")
+        if claims.num_signatures != len(request.hashes):
+            raise SignatureCountMismatch(
+                "numSignatures differs from the number of hashes"
+            )
+
+        if claims.display_text_hash != display_text_hash(request.display_text):
+            raise DisplayTextMismatch("the SAD was made for another display text")
+
+        self._check_times(claims)
+
+        if request.state is not RequestState.PENDING:
+            raise self._not_pending(request)
+        if request.expires_at <= self._clock():
+            await self._store.transition(
+                request.request_id,
+                from_states=(RequestState.PENDING,),
+                to_state=RequestState.EXPIRED,
+                now=self._clock(),
+            )
+            raise RequestExpired("the signature request has expired")
+        return device, claims, request
+
+    def _check_times(self, claims: SadClaims) -> None:
+        now = int(self._clock().timestamp())
+        skew = int(MAX_CLOCK_SKEW.total_seconds())
+        if claims.issued_at > now + skew:
+            raise SadNotYetValid("the SAD was issued in the future")
+        if claims.issued_at < now - MAX_SAD_LIFETIME - skew:
+            raise SadNotYetValid("the SAD was issued too long ago")
+        if claims.expires_at <= claims.issued_at:
+            raise MalformedSad("the SAD expires before it was issued")
+        if claims.expires_at - claims.issued_at > MAX_SAD_LIFETIME:
+            raise MalformedSad("the SAD lives longer than the server allows")
+        if claims.expires_at <= now - skew:
+            raise SadExpired("the SAD has expired")
+
+    def _device_key(self, device: Device) -> ECKey:
+        key = self._keys.get(device.device_id)
+        if key is None:
+            try:
+                key = ECKey.import_key(device.public_key_jwk)
+            except (JoseError, ValueError) as e:
+                raise UnknownDevice("the device key cannot be read") from e
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[device.device_id] = key
+        return key
+
+    @staticmethod
+    def _not_pending(request: SignatureRequest) -> ActivationError:
+        if request.state in (RequestState.APPROVED, RequestState.SIGNED):
+            return SadReplayed("the request was already approved")
+        if request.state is RequestState.EXPIRED:
+            return RequestExpired("the signature request has expired")
+        return RequestNotPending(f"the request is already {request.state}")
+
+    async def _lost_race(self, request_id: str) -> ActivationError:
+        current = await self._store.get_request(request_id)
+        if current is None:
+            return RequestNotFound("no such signature request")
+        if current.state is RequestState.PENDING:
+            return RequestExpired("the signature request has expired")
+        return self._not_pending(current)
+
+    # -- activation --------------------------------------------------------
+
+    async def _consume(self, request: SignatureRequest, digest: str) -> SignatureRequest:
+        """Consume the SAD: one atomic pending -> approved move (SAD-4)."""
+        approved = await self._store.transition(
+            request.request_id,
+            from_states=(RequestState.PENDING,),
+            to_state=RequestState.APPROVED,
+            now=self._clock(),
+            not_expired=True,
+            updates={"sad_digest": digest},
+        )
+        if approved is None:
+            raise await self._lost_race(request.request_id)
+        return approved
+
+    async def _sign(
+        self, request: SignatureRequest, claims: SadClaims
+    ) -> SignatureRequest:
+        """Sign exactly the hashes the verified SAD covers (SAD-5)."""
+        try:
+            credential = await self._store.get_credential(request.credential_id)
+            if (
+                credential is None
+                or credential.user_id != request.user_id
+                or credential.status != "active"
+            ):
+                raise CredentialUnusable("the credential cannot be used")
+            hash_alg = HsmHashAlg.from_name(claims.hash_algorithm)
+            mechanism = mechanism_for(credential.key_algorithm)
+            signatures: list[str] = []
+            for value in claims.hashes[: claims.num_signatures]:
+                digest = base64.b64decode(value, validate=True)
+                signature = await self._hsm.sign_digest(
+                    credential.key_id, digest, mechanism=mechanism, hash_alg=hash_alg
+                )
+                signatures.append(base64.b64encode(signature).decode("ascii"))
+        except (HsmError, ValueError, CredentialUnusable) as e:
+            log.warning(
+                "signing failed for request %s: %s", request.request_id, type(e).__name__
+            )
+            await self._store.transition(
+                request.request_id,
+                from_states=(RequestState.APPROVED,),
+                to_state=RequestState.FAILED,
+                now=self._clock(),
+                updates={"error": SigningFailed.code},
+            )
+            await self._audit(
+                "key.use",
+                actor="sam",
+                subject=f"credential:{request.credential_id}",
+                outcome=f"failure:{type(e).__name__}",
+                details={"request": request.request_id},
+            )
+            raise SigningFailed("the HSM could not sign") from e
+
+        signed = await self._store.transition(
+            request.request_id,
+            from_states=(RequestState.APPROVED,),
+            to_state=RequestState.SIGNED,
+            now=self._clock(),
+            updates={"signatures": tuple(signatures)},
+        )
+        if signed is None:
+            # Only this path leaves "approved"; anything else is a broken store.
+            raise SigningFailed("the request left the approved state while signing")
+        await self._audit(
+            "key.use",
+            actor="sam",
+            subject=f"credential:{request.credential_id}",
+            outcome="success",
+            details={"request": request.request_id, "signatures": len(signatures)},
+        )
+        log.debug("request %s signed", request.request_id)
+        return signed
+
+    # -- audit ---------------------------------------------------------------
+
+    async def _refused(
+        self, *, request_id: str, sad_digest: str, error: ActivationError
+    ) -> None:
+        log.info("SAD refused for request %s: %s", request_id, error.code)
+        await self._audit(
+            "sad.refused",
+            actor="device",
+            subject=f"request:{request_id}",
+            outcome=f"refused:{error.code}",
+            details={"sad_sha256": sad_digest},
+        )
+
+    async def _audit(
+        self,
+        event: str,
+        *,
+        actor: str,
+        subject: str,
+        outcome: str,
+        details: dict[str, Any],
+    ) -> None:
+        await self._store.append_audit(
+            time=self._clock(),
+            event=event,
+            actor=actor,
+            subject=subject,
+            outcome=outcome,
+            details=details,
+        )

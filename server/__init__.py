@@ -1,0 +1,1 @@
+"""The HTTP front end: relying-party, device and operator interfaces."""

@@ -1,0 +1,136 @@
+"""The aiohttp application: routes, middleware and the parts' life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+from aiohttp import web
+
+from hsm import Hsm
+from sam import SignatureActivationModule
+from server import device_api, rp_api
+from server.auth import DeviceAuthenticator
+from server.ca import load_ca
+from server.config import ConfigError, Settings
+from server.errors import error_middleware
+from server.push import PushSender, load_or_create_vapid, vapid_public_key
+from server.service import Service
+from server.state import DEVICE_AUTH, SERVICE
+from store import Store, open_store
+
+__all__ = ["Parts", "build_service", "create_app", "open_parts"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+SWEEP_INTERVAL = 1.0
+
+
+@dataclass(slots=True)
+class Parts:
+    """The store and HSM a server runs on, owned by whoever opened them."""
+
+    store: Store
+    hsm: Hsm
+
+    async def close(self) -> None:
+        await self.hsm.close()
+        await self.store.close()
+
+
+async def open_parts(settings: Settings) -> Parts:
+    settings.apply_environment()
+    store = open_store(settings.store)
+    await store.open()
+    try:
+        hsm = await Hsm.open(settings.hsm_config())
+    except BaseException:
+        await store.close()
+        raise
+    return Parts(store=store, hsm=hsm)
+
+
+async def build_service(
+    settings: Settings, parts: Parts, session: aiohttp.ClientSession | None
+) -> Service:
+    ca = await load_ca(parts.hsm, parts.store)
+    if ca is None:
+        raise ConfigError("no development CA in the store: run `sigil init` first")
+    if settings.vapid_key_file is None:
+        raise ConfigError("no VAPID key file configured: run `sigil init` first")
+    vapid = load_or_create_vapid(settings.vapid_key_file)
+    pusher = (
+        PushSender(
+            store=parts.store,
+            vapid=vapid,
+            subject=settings.vapid_subject,
+            session=session,
+            timeout=settings.push_timeout,
+        )
+        if session is not None
+        else None
+    )
+    sam = SignatureActivationModule(
+        store=parts.store, hsm=parts.hsm, audience=settings.audience
+    )
+    return Service(
+        settings=settings,
+        store=parts.store,
+        hsm=parts.hsm,
+        ca=ca,
+        sam=sam,
+        pusher=pusher,
+        vapid_public_key=vapid_public_key(vapid),
+    )
+
+
+def create_app(settings: Settings, parts: Parts) -> web.Application:
+    """An application on parts that the caller opened and will close."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app.add_routes(rp_api.routes)
+    app.add_routes(device_api.routes)
+    app[DEVICE_AUTH] = DeviceAuthenticator(parts.store)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as session:
+            service = await build_service(settings, parts, session)
+            app[SERVICE] = service
+            await service.recover()
+            sweeper = asyncio.create_task(_sweep_forever(service))
+            await parts.store.append_audit(
+                time=_now(), event="server.start", actor="server", subject="server",
+                outcome="success",
+            )
+            try:
+                yield
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+                await service.close()
+                await parts.store.append_audit(
+                    time=_now(), event="server.stop", actor="server", subject="server",
+                    outcome="success",
+                )
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def _sweep_forever(service: Service) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        try:
+            await service.sweep()
+        except Exception:
+            log.exception("sweeping expired requests failed")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

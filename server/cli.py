@@ -1,0 +1,650 @@
+"""`sigil`: the operator's command line.
+
+Secrets never go on the command line: the HSM PIN comes from the
+configuration's PIN file or ``SIGIL_HSM_PIN``. The API keys and activation
+codes that a command makes are printed once, to standard output only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import logging
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from server.config import CONFIG_NAME, ConfigError, Settings, load_settings
+from store import (
+    ActivationCode,
+    Client,
+    DeviceStatus,
+    RequestState,
+    Store,
+    StoreError,
+    User,
+    open_store,
+)
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+
+
+def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        print(
+            "  ".join(
+                str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True)
+            )
+        )
+
+
+async def _with_store(settings: Settings) -> Store:
+    store = open_store(settings.store)
+    await store.open()
+    return store
+
+
+# -- init and serve -----------------------------------------------------------
+
+
+def _write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(value + "\n")
+
+
+def _write_config(home: Path, *, softhsm: bool) -> None:
+    path = home / CONFIG_NAME
+    if path.exists():
+        return
+    lines = [
+        "# Sigil configuration. Environment variables SIGIL_* override these.",
+        "[server]",
+        'host = "127.0.0.1"',
+        "port = 8080",
+        'audience = "sigil"',
+        "",
+        "[store]",
+        f'url = "{home / "sigil.db"}"',
+        "",
+        "[hsm]",
+        'module = "/usr/lib/softhsm/libsofthsm2.so"',
+        'token_label = "sigil"',
+        'pin_file = "hsm-pin"',
+    ]
+    if softhsm:
+        lines.append('softhsm2_conf = "softhsm2.conf"')
+    lines += [
+        "pool_size = 4",
+        "",
+        "[push]",
+        'vapid_key_file = "vapid.pem"',
+        'subject = "mailto:operator@sigil.invalid"',
+        "",
+        "[requests]",
+        "default_ttl_seconds = 120",
+        "max_ttl_seconds = 600",
+        "finished_retention_seconds = 3600",
+        "max_hashes = 32",
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+async def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    from hsm import Hsm
+    from hsm.softhsm import init_softhsm_token
+    from server.app import open_parts
+    from server.ca import ensure_ca
+    from server.push import load_or_create_vapid
+
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    softhsm = "softhsm" in settings.pkcs11_module
+    pin_file = home / "hsm-pin"
+    if softhsm:
+        if not pin_file.exists() and not os.environ.get("SIGIL_HSM_PIN"):
+            _write_secret(pin_file, secrets.token_hex(8))
+        if not (home / "so-pin").exists():
+            _write_secret(home / "so-pin", secrets.token_hex(8))
+        user_pin = os.environ.get("SIGIL_HSM_PIN") or pin_file.read_text().strip()
+        conf = init_softhsm_token(
+            home,
+            label=settings.token_label,
+            so_pin=(home / "so-pin").read_text().strip(),
+            user_pin=user_pin,
+        )
+        print(f"SoftHSM2 token '{settings.token_label}' ready ({conf})")
+    _write_config(home, softhsm=softhsm)
+    settings = load_settings(home)
+    parts = await open_parts(settings)
+    try:
+        ca = await ensure_ca(parts.hsm, parts.store, common_name="Sigil Development CA")
+        if settings.vapid_key_file is not None:
+            load_or_create_vapid(settings.vapid_key_file)
+        cert = x509.load_der_x509_certificate(ca.certificate_der)
+        print(f"development CA: {cert.subject.rfc4514_string()}")
+        await parts.store.append_audit(
+            time=datetime.now(UTC),
+            event="config.initialised",
+            actor="operator",
+            subject="server",
+            outcome="success",
+        )
+    finally:
+        await parts.close()
+    _ = Hsm  # imported for its side effect of failing early if missing
+    print(f"initialised {home}")
+    return 0
+
+
+async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from server.app import create_app, open_parts
+
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    parts = await open_parts(settings)
+    app = create_app(settings, parts)
+    runner = web.AppRunner(app, access_log=None)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        print(f"sigil serving on http://{host}:{port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await parts.close()
+    return 0
+
+
+# -- clients, users, codes ----------------------------------------------------
+
+
+async def cmd_client_create(args: argparse.Namespace, settings: Settings) -> int:
+    from server.auth import api_key_hash, new_api_key
+
+    store = await _with_store(settings)
+    try:
+        key = new_api_key()
+        client = Client(
+            client_id=args.client_id or str(uuid.uuid4()),
+            name=args.name,
+            api_key_hash=api_key_hash(key),
+            created_at=datetime.now(UTC),
+        )
+        await store.add_client(client)
+        await store.append_audit(
+            time=datetime.now(UTC),
+            event="client.created",
+            actor="operator",
+            subject=f"client:{client.client_id}",
+            outcome="success",
+        )
+    finally:
+        await store.close()
+    if args.key_file:
+        _write_secret(Path(args.key_file), key)
+        print(f"client {client.client_id}: API key written to {args.key_file}")
+    else:
+        print(f"client {client.client_id}")
+        print(f"api key (shown once): {key}")
+    return 0
+
+
+async def cmd_client_list(args: argparse.Namespace, settings: Settings) -> int:
+    store = await _with_store(settings)
+    try:
+        clients = await store.list_clients()
+    finally:
+        await store.close()
+    _print_table(
+        [{"client_id": c.client_id, "name": c.name, "created": c.created_at} for c in clients],
+        ["client_id", "name", "created"],
+    )
+    return 0
+
+
+async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
+    from hsm import KeyType
+
+    store = await _with_store(settings)
+    try:
+        user = User(
+            user_id=args.user_id or str(uuid.uuid4()),
+            display_name=args.display_name,
+            key_algorithm=str(KeyType(args.key_algorithm)),
+            created_at=datetime.now(UTC),
+        )
+        await store.add_user(user)
+        await store.append_audit(
+            time=datetime.now(UTC),
+            event="user.created",
+            actor="operator",
+            subject=f"user:{user.user_id}",
+            outcome="success",
+        )
+    finally:
+        await store.close()
+    print(user.user_id)
+    return 0
+
+
+async def cmd_user_code(args: argparse.Namespace, settings: Settings) -> int:
+    from server.service import _new_activation_code, activation_code_hash
+
+    store = await _with_store(settings)
+    try:
+        if await store.get_user(args.user_id) is None:
+            print(f"error: no user {args.user_id}", file=sys.stderr)
+            return 2
+        code = _new_activation_code()
+        now = datetime.now(UTC)
+        expires = now + timedelta(seconds=settings.activation_code_ttl)
+        await store.add_activation_code(
+            ActivationCode(
+                code_hash=activation_code_hash(code),
+                user_id=args.user_id,
+                expires_at=expires,
+                created_at=now,
+            )
+        )
+        await store.append_audit(
+            time=now,
+            event="activation_code.issued",
+            actor="operator",
+            subject=f"user:{args.user_id}",
+            outcome="success",
+        )
+    finally:
+        await store.close()
+    print(code)
+    print(f"expires {expires.isoformat()}", file=sys.stderr)
+    return 0
+
+
+async def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
+    store = await _with_store(settings)
+    try:
+        users = await store.list_users()
+    finally:
+        await store.close()
+    _print_table(
+        [
+            {
+                "user_id": u.user_id,
+                "display_name": u.display_name,
+                "key": u.key_algorithm,
+                "created": u.created_at.isoformat(timespec="seconds"),
+            }
+            for u in users
+        ],
+        ["user_id", "display_name", "key", "created"],
+    )
+    return 0
+
+
+async def cmd_device_list(args: argparse.Namespace, settings: Settings) -> int:
+    store = await _with_store(settings)
+    try:
+        devices = await store.list_devices(user_id=args.user)
+    finally:
+        await store.close()
+    _print_table(
+        [
+            {
+                "device_id": d.device_id,
+                "user_id": d.user_id,
+                "name": d.name,
+                "status": d.status,
+                "push": "yes" if d.push_subscription else "no",
+            }
+            for d in devices
+        ],
+        ["device_id", "user_id", "name", "status", "push"],
+    )
+    return 0
+
+
+async def cmd_device_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    store = await _with_store(settings)
+    try:
+        device = await store.set_device_status(args.device_id, DeviceStatus.REVOKED)
+        if device is None:
+            print(f"error: no device {args.device_id}", file=sys.stderr)
+            return 2
+        await store.append_audit(
+            time=datetime.now(UTC),
+            event="device.revoked",
+            actor="operator",
+            subject=f"device:{args.device_id}",
+            outcome="success",
+        )
+    finally:
+        await store.close()
+    print(f"device {args.device_id} revoked")
+    return 0
+
+
+async def cmd_credential_list(args: argparse.Namespace, settings: Settings) -> int:
+    store = await _with_store(settings)
+    try:
+        credentials = await store.list_credentials(user_id=args.user)
+    finally:
+        await store.close()
+    rows = []
+    for c in credentials:
+        cert = x509.load_der_x509_certificate(c.certificate_der)
+        rows.append(
+            {
+                "credential_id": c.credential_id,
+                "user_id": c.user_id,
+                "key": c.key_algorithm,
+                "status": c.status,
+                "subject": cert.subject.rfc4514_string(),
+                "not_after": cert.not_valid_after_utc.date().isoformat(),
+            }
+        )
+    _print_table(rows, ["credential_id", "user_id", "key", "status", "subject", "not_after"])
+    return 0
+
+
+async def cmd_request_list(args: argparse.Namespace, settings: Settings) -> int:
+    store = await _with_store(settings)
+    try:
+        states = [RequestState(args.state)] if args.state else None
+        found = await store.list_requests(user_id=args.user, states=states, limit=args.limit)
+    finally:
+        await store.close()
+    _print_table(
+        [
+            {
+                "request_id": r.request_id,
+                "user_id": r.user_id,
+                "state": r.state,
+                "hashes": len(r.hashes),
+                "created": r.created_at.isoformat(timespec="seconds"),
+                "text": r.display_text[:40],
+            }
+            for r in found
+        ],
+        ["request_id", "user_id", "state", "hashes", "created", "text"],
+    )
+    return 0
+
+
+async def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from store.audit import verify_chain
+
+    store = await _with_store(settings)
+    try:
+        records = []
+        after = 0
+        while True:
+            page = await store.audit_records(after_seq=after, limit=1000)
+            if not page:
+                break
+            records.extend(page)
+            after = page[-1].seq
+    finally:
+        await store.close()
+    result = verify_chain(records)
+    if result.ok:
+        print(f"audit chain intact: {result.checked} records")
+        return 0
+    print(
+        f"audit chain BROKEN at record {result.first_bad_seq}: {result.reason}",
+        file=sys.stderr,
+    )
+    return 1
+
+
+async def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
+    store = await _with_store(settings)
+    try:
+        records = await store.audit_records(after_seq=args.after, limit=args.limit)
+    finally:
+        await store.close()
+    _print_table(
+        [
+            {
+                "seq": r.seq,
+                "time": r.time.isoformat(timespec="seconds"),
+                "event": r.event,
+                "actor": r.actor,
+                "subject": r.subject,
+                "outcome": r.outcome,
+            }
+            for r in records
+        ],
+        ["seq", "time", "event", "actor", "subject", "outcome"],
+    )
+    return 0
+
+
+# -- verify a signature file --------------------------------------------------
+
+
+def _read_maybe_base64(path: Path) -> bytes:
+    data = path.read_bytes()
+    stripped = data.strip()
+    try:
+        return base64.b64decode(stripped, validate=True)
+    except (binascii.Error, ValueError):
+        return data
+
+
+def _load_certificate(path: Path) -> x509.Certificate:
+    data = path.read_bytes()
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(_read_maybe_base64(path))
+
+
+async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    return verify_signature_file(
+        document=Path(args.file),
+        signature=Path(args.signature),
+        certificate=Path(args.certificate),
+        ca=Path(args.ca) if args.ca else None,
+        hash_name=args.hash_algorithm,
+        pss=args.pss,
+    )
+
+
+def verify_signature_file(
+    *,
+    document: Path,
+    signature: Path,
+    certificate: Path,
+    ca: Path | None,
+    hash_name: str,
+    pss: bool = False,
+) -> int:
+    """Check a detached signature over a file with a certificate (and CA)."""
+    algorithm: hashes.HashAlgorithm = {
+        "SHA-256": hashes.SHA256(),
+        "SHA-384": hashes.SHA384(),
+        "SHA-512": hashes.SHA512(),
+    }[hash_name]
+    try:
+        cert = _load_certificate(certificate)
+        sig = _read_maybe_base64(signature)
+        data = document.read_bytes()
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    key = cert.public_key()
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(sig, data, ec.ECDSA(algorithm))
+        elif isinstance(key, rsa.RSAPublicKey):
+            pad: padding.AsymmetricPadding = (
+                padding.PSS(mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size)
+                if pss
+                else padding.PKCS1v15()
+            )
+            key.verify(sig, data, pad, algorithm)
+        else:
+            print("error: unsupported key type in the certificate", file=sys.stderr)
+            return 2
+    except InvalidSignature:
+        print("signature INVALID", file=sys.stderr)
+        return 1
+    print(f"signature valid, signed by {cert.subject.rfc4514_string()}")
+    if ca is not None:
+        try:
+            cert.verify_directly_issued_by(_load_certificate(ca))
+        except (ValueError, TypeError, InvalidSignature):
+            print("certificate NOT issued by the given CA", file=sys.stderr)
+            return 1
+        print("certificate chains to the given CA")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sigil",
+        description="Operate the Sigil remote signing server. Configuration is "
+        "read from $SIGIL_HOME/sigil.toml (default ./var) and SIGIL_* variables.",
+    )
+    parser.add_argument(
+        "--home", help="folder holding configuration, token and database (./var)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="make the HSM token, CA, VAPID key and database")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", help="run the HTTP server")
+    p.add_argument("--host", help="address to bind (default from configuration)")
+    p.add_argument("--port", type=int, help="port to bind (default from configuration)")
+    p.set_defaults(func=cmd_serve)
+
+    client = sub.add_parser("client", help="relying applications").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = client.add_parser("create", help="register a relying app and make its API key")
+    p.add_argument("--name", required=True, help="name shown to users on the phone")
+    p.add_argument("--client-id", help="id to use (default: a new UUID)")
+    p.add_argument("--key-file", help="write the API key to this file (mode 0600)")
+    p.set_defaults(func=cmd_client_create)
+    p = client.add_parser("list", help="list relying apps")
+    p.set_defaults(func=cmd_client_list)
+
+    user = sub.add_parser("user", help="signers").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = user.add_parser("create", help="create a user")
+    p.add_argument("--display-name", required=True, help="name in the certificate")
+    p.add_argument("--user-id", help="id to use (default: a new UUID)")
+    p.add_argument(
+        "--key-algorithm",
+        default="EC-P256",
+        choices=["EC-P256", "EC-P384", "RSA-2048", "RSA-3072"],
+        help="signing key made at enrolment (default EC-P256)",
+    )
+    p.set_defaults(func=cmd_user_create)
+    p = user.add_parser("code", help="issue a one-time activation code for enrolment")
+    p.add_argument("user_id", help="the user to enrol")
+    p.set_defaults(func=cmd_user_code)
+    p = user.add_parser("list", help="list users")
+    p.set_defaults(func=cmd_user_list)
+
+    device = sub.add_parser("device", help="enrolled phones").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = device.add_parser("list", help="list devices")
+    p.add_argument("--user", help="only this user's devices")
+    p.set_defaults(func=cmd_device_list)
+    p = device.add_parser("revoke", help="revoke a device: its approvals stop counting")
+    p.add_argument("device_id")
+    p.set_defaults(func=cmd_device_revoke)
+
+    credential = sub.add_parser("credential", help="signing keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = credential.add_parser("list", help="list credentials and their certificates")
+    p.add_argument("--user", help="only this user's credentials")
+    p.set_defaults(func=cmd_credential_list)
+
+    request = sub.add_parser("request", help="signature requests").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = request.add_parser("list", help="list signature requests, newest first")
+    p.add_argument("--user", help="only this user's requests")
+    p.add_argument("--state", choices=[s.value for s in RequestState])
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_request_list)
+
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = audit.add_parser("verify", help="check the hash chain of the audit trail")
+    p.set_defaults(func=cmd_audit_verify)
+    p = audit.add_parser("list", help="show audit records")
+    p.add_argument("--after", type=int, default=0, help="start after this record")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_audit_list)
+
+    p = sub.add_parser("verify", help="verify a detached signature over a file")
+    p.add_argument("--file", required=True, help="the signed document")
+    p.add_argument("--signature", required=True, help="signature, DER or base64")
+    p.add_argument("--certificate", required=True, help="signer certificate, PEM/DER")
+    p.add_argument("--ca", help="CA certificate the signer's must be issued by")
+    p.add_argument(
+        "--hash-algorithm", default="SHA-256", choices=["SHA-256", "SHA-384", "SHA-512"]
+    )
+    p.add_argument("--pss", action="store_true", help="RSA signature is RSA-PSS")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(Path(args.home) if args.home else None)
+        func: Command = args.func
+        return asyncio.run(func(args, settings))
+    except (ConfigError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,126 @@
+"""Server configuration: a TOML file, overridden by the environment.
+
+Secrets (the HSM PIN) come from a file or the environment, never from the
+command line, so they do not show in process listings or shell history.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hsm import HsmConfig
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+CONFIG_NAME = "sigil.toml"
+
+
+class ConfigError(Exception):
+    """The configuration is missing or invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    audience: str = "sigil"
+    store: str = ""
+    pkcs11_module: str = DEFAULT_MODULE
+    token_label: str = "sigil"
+    hsm_pin: str = field(default="", repr=False)
+    softhsm2_conf: str | None = None
+    hsm_pool_size: int = 4
+    vapid_key_file: Path | None = None
+    vapid_subject: str = "mailto:operator@sigil.invalid"
+    default_ttl: int = 120
+    min_ttl: int = 30
+    max_ttl: int = 600
+    finished_retention: int = 3600
+    max_hashes: int = 32
+    activation_code_ttl: int = 900
+    long_poll_max: int = 30
+    push_timeout: float = 10.0
+
+    def hsm_config(self) -> HsmConfig:
+        if not self.hsm_pin:
+            raise ConfigError(
+                "no HSM PIN: set SIGIL_HSM_PIN or hsm.pin_file in the configuration"
+            )
+        return HsmConfig(
+            module_path=self.pkcs11_module,
+            token_label=self.token_label,
+            pin=self.hsm_pin,
+            pool_size=self.hsm_pool_size,
+        )
+
+    def apply_environment(self) -> None:
+        """Point SoftHSM2 at the project's token folder before the first use."""
+        if self.softhsm2_conf and "SOFTHSM2_CONF" not in os.environ:
+            os.environ["SOFTHSM2_CONF"] = self.softhsm2_conf
+
+
+def _home() -> Path:
+    return Path(os.environ.get("SIGIL_HOME", "var")).resolve()
+
+
+def load_settings(home: Path | None = None) -> Settings:
+    """Read ``$SIGIL_CONFIG`` or ``<home>/sigil.toml``, then the environment."""
+    home = (home or _home()).resolve()
+    path = Path(os.environ.get("SIGIL_CONFIG", home / CONFIG_NAME))
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read {path}: {e}") from e
+    server = data.get("server", {})
+    hsm = data.get("hsm", {})
+    push = data.get("push", {})
+    requests = data.get("requests", {})
+    env = os.environ
+
+    pin = env.get("SIGIL_HSM_PIN", "")
+    pin_file = hsm.get("pin_file")
+    if not pin and pin_file:
+        try:
+            pin = (home / pin_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read the HSM PIN file: {e.strerror}") from e
+
+    vapid = push.get("vapid_key_file")
+    conf = hsm.get("softhsm2_conf")
+    try:
+        return Settings(
+            home=home,
+            host=env.get("SIGIL_HOST", server.get("host", "127.0.0.1")),
+            port=int(env.get("SIGIL_PORT", server.get("port", 8080))),
+            audience=server.get("audience", "sigil"),
+            store=env.get(
+                "SIGIL_STORE", data.get("store", {}).get("url", str(home / "sigil.db"))
+            ),
+            pkcs11_module=env.get(
+                "SIGIL_PKCS11_MODULE", hsm.get("module", DEFAULT_MODULE)
+            ),
+            token_label=env.get("SIGIL_TOKEN_LABEL", hsm.get("token_label", "sigil")),
+            hsm_pin=pin,
+            softhsm2_conf=str(home / conf) if conf else None,
+            hsm_pool_size=int(hsm.get("pool_size", 4)),
+            vapid_key_file=home / vapid if vapid else None,
+            vapid_subject=push.get("subject", "mailto:operator@sigil.invalid"),
+            default_ttl=int(requests.get("default_ttl_seconds", 120)),
+            min_ttl=int(requests.get("min_ttl_seconds", 30)),
+            max_ttl=int(requests.get("max_ttl_seconds", 600)),
+            finished_retention=int(requests.get("finished_retention_seconds", 3600)),
+            max_hashes=int(requests.get("max_hashes", 32)),
+            activation_code_ttl=int(
+                data.get("enrolment", {}).get("activation_code_ttl_seconds", 900)
+            ),
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid value in {path}: {e}") from e

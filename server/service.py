@@ -1,0 +1,486 @@
+"""What the server does, apart from how it is asked over HTTP.
+
+The HTTP handlers and the operator command line both call this layer; it
+owns request creation, enrolment and the expiry rule, and hands every
+activation to the SAM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from hsm import HashAlg, Hsm, HsmError, KeyType
+from hsm.x509 import InvalidCsr, build_csr
+from sam import SignatureActivationModule, code_choices, verification_code
+from server.ca import DevelopmentCA
+from server.config import Settings
+from server.errors import ApiError
+from server.push import PushSender
+from server.watch import RequestWatch
+from store import (
+    ActivationCode,
+    Client,
+    Credential,
+    Device,
+    DeviceStatus,
+    DuplicateError,
+    RequestState,
+    SignatureRequest,
+    Store,
+    User,
+)
+
+__all__ = ["Service", "activation_code_hash", "utcnow"]
+
+log = logging.getLogger(__name__)
+
+# A request left in "approved" this long was cut off by a crash (STATE-3).
+STALE_APPROVAL = timedelta(seconds=60)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def activation_code_hash(code: str) -> str:
+    return hashlib.sha256(("activation\n" + code.strip()).encode("utf-8")).hexdigest()
+
+
+def _new_activation_code() -> str:
+    # 20 characters of a 32-letter alphabet without look-alikes: 100 bits.
+    alphabet = "ABCDEFGHJKMNPQRSTVWXYZ0123456789"
+    raw = "".join(secrets.choice(alphabet) for _ in range(20))
+    return "-".join(raw[i : i + 5] for i in range(0, 20, 5))
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCode:
+    code: str = field(repr=False)
+    expires_at: datetime
+
+
+@dataclass(slots=True)
+class Service:
+    settings: Settings
+    store: Store
+    hsm: Hsm
+    ca: DevelopmentCA
+    sam: SignatureActivationModule
+    pusher: PushSender | None
+    watch: RequestWatch = field(default_factory=RequestWatch)
+    vapid_public_key: str = ""
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _client_names: dict[str, str] = field(default_factory=dict)
+
+    # -- users and enrolment ---------------------------------------------
+
+    async def create_user(
+        self, *, display_name: str, key_algorithm: str = "EC-P256", user_id: str | None
+    ) -> User:
+        user = User(
+            user_id=user_id or str(uuid.uuid4()),
+            display_name=display_name,
+            key_algorithm=str(KeyType(key_algorithm)),
+            created_at=utcnow(),
+        )
+        try:
+            await self.store.add_user(user)
+        except DuplicateError as e:
+            raise ApiError(409, "user_exists", "a user with this id exists") from e
+        await self._audit("user.created", "operator", f"user:{user.user_id}", "success")
+        return user
+
+    async def issue_activation_code(self, user_id: str, *, actor: str) -> IssuedCode:
+        if await self.store.get_user(user_id) is None:
+            raise ApiError(404, "unknown_user", "no such user")
+        code = _new_activation_code()
+        now = utcnow()
+        expires = now + timedelta(seconds=self.settings.activation_code_ttl)
+        await self.store.add_activation_code(
+            ActivationCode(
+                code_hash=activation_code_hash(code),
+                user_id=user_id,
+                expires_at=expires,
+                created_at=now,
+            )
+        )
+        await self._audit("activation_code.issued", actor, f"user:{user_id}", "success")
+        return IssuedCode(code=code, expires_at=expires)
+
+    async def new_challenge(self) -> tuple[str, int]:
+        challenge = secrets.token_urlsafe(32)
+        lifetime = 300
+        await self.store.put_challenge(
+            challenge, expires_at=utcnow() + timedelta(seconds=lifetime)
+        )
+        return challenge, lifetime
+
+    async def enrol(
+        self,
+        *,
+        device_id: str,
+        public_jwk: dict[str, Any],
+        body: dict[str, Any],
+    ) -> tuple[Device, Credential]:
+        """Register a device whose key signed the enrolment (proof of possession)."""
+        now = utcnow()
+        if not await self.store.take_challenge(body["challenge"], now=now):
+            raise ApiError(400, "invalid_challenge", "the challenge is unknown or expired")
+        if await self.store.get_device(device_id) is not None:
+            raise ApiError(409, "device_exists", "this device key is already enrolled")
+        code = await self.store.consume_activation_code(
+            activation_code_hash(body["activation_code"]), now=now
+        )
+        if code is None:
+            await self._audit(
+                "device.enrolled", f"device:{device_id}", "enrolment", "refused:code"
+            )
+            raise ApiError(
+                403, "invalid_activation_code", "the activation code is unknown or used"
+            )
+        user = await self.store.get_user(code.user_id)
+        if user is None:
+            raise ApiError(404, "unknown_user", "the user of this code is gone")
+
+        credential = await self._credential_for(user)
+        device = Device(
+            device_id=device_id,
+            user_id=user.user_id,
+            public_key_jwk={k: public_jwk[k] for k in ("kty", "crv", "x", "y")},
+            push_subscription=body["push_subscription"],
+            status=DeviceStatus.ACTIVE,
+            name=body.get("name") or "device",
+            created_at=now,
+        )
+        try:
+            await self.store.add_device(device)
+        except DuplicateError as e:
+            raise ApiError(409, "device_exists", "this device key is already enrolled") from e
+        await self._audit(
+            "device.enrolled", f"device:{device_id}", f"user:{user.user_id}", "success"
+        )
+        return device, credential
+
+    async def _credential_for(self, user: User) -> Credential:
+        """The user's signing credential, made in the HSM on first enrolment."""
+        for credential in await self.store.list_credentials(user_id=user.user_id):
+            if credential.status == "active":
+                return credential
+        key_type = KeyType(user.key_algorithm)
+        key = await self.hsm.generate_key(key_type, label=f"user:{user.user_id}")
+        try:
+            subject = x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, user.display_name),
+                    x509.NameAttribute(NameOID.SERIAL_NUMBER, user.user_id),
+                ]
+            )
+            csr = await build_csr(self.hsm, key, subject=subject)
+            certificate = await self.ca.issue(csr)
+        except (HsmError, InvalidCsr, ValueError) as e:
+            await self.hsm.destroy_key(key.key_id)
+            log.warning("credential for user %s not made: %s", user.user_id, e)
+            raise ApiError(500, "server_error", "the signing key could not be made") from e
+        credential = Credential(
+            credential_id=str(uuid.uuid4()),
+            user_id=user.user_id,
+            key_id=key.key_id,
+            key_algorithm=str(key_type),
+            certificate_der=certificate,
+            chain_der=(certificate, self.ca.certificate_der),
+            status="active",
+            created_at=utcnow(),
+        )
+        await self.store.add_credential(credential)
+        await self._audit(
+            "key.generated",
+            "server",
+            f"credential:{credential.credential_id}",
+            "success",
+            {"user": user.user_id, "key_type": str(key_type)},
+        )
+        return credential
+
+    # -- signature requests ----------------------------------------------
+
+    async def create_request(
+        self, client: Client, body: dict[str, Any]
+    ) -> tuple[SignatureRequest, bool]:
+        """Create a request (or find the idempotent twin); push if new."""
+        hash_alg = _hash_algorithm(body["hash_algorithm"])
+        hashes = body["hashes"]
+        if len(hashes) > self.settings.max_hashes:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"at most {self.settings.max_hashes} hashes per request",
+            )
+        normalized = tuple(_check_hash(i, h, hash_alg) for i, h in enumerate(hashes))
+        ttl = body.get("ttl_seconds", self.settings.default_ttl)
+        low, high = self.settings.min_ttl, self.settings.max_ttl
+        if not low <= ttl <= high:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"ttl_seconds must be between {low} and {high}",
+            )
+
+        credential = await self._resolve_credential(body)
+        if not any(
+            d.status is DeviceStatus.ACTIVE
+            for d in await self.store.list_devices(user_id=credential.user_id)
+        ):
+            raise ApiError(400, "user_not_enrolled", "the user has no active device")
+
+        now = utcnow()
+        request_id = secrets.token_urlsafe(16)
+        nonce = secrets.token_urlsafe(24)
+        new = SignatureRequest(
+            request_id=request_id,
+            client_id=client.client_id,
+            user_id=credential.user_id,
+            credential_id=credential.credential_id,
+            hash_algorithm=hash_alg.oid,
+            hashes=normalized,
+            display_text=body["display_text"],
+            nonce=nonce,
+            verification_code=verification_code(
+                request_id=request_id, nonce=nonce, hashes=normalized
+            ),
+            state=RequestState.PENDING,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+            idempotency_key=body.get("idempotency_key"),
+        )
+        stored = await self.store.create_request(new)
+        if stored.request_id != request_id:
+            same = (
+                stored.credential_id == new.credential_id
+                and stored.hashes == new.hashes
+                and stored.hash_algorithm == new.hash_algorithm
+                and stored.display_text == new.display_text
+            )
+            if not same:
+                raise ApiError(
+                    409,
+                    "idempotency_key_reused",
+                    "the idempotency key was used for a different request",
+                )
+            return await self.current(stored), False
+        await self._audit(
+            "request.created",
+            f"client:{client.client_id}",
+            f"request:{request_id}",
+            "success",
+            {"hashes": len(normalized), "credential": credential.credential_id},
+        )
+        self.push_later(stored)
+        return stored, True
+
+    async def _resolve_credential(self, body: dict[str, Any]) -> Credential:
+        if "credential_id" in body:
+            credential = await self.store.get_credential(body["credential_id"])
+            if credential is None or credential.status != "active":
+                raise ApiError(400, "unknown_credential", "no such credential")
+            return credential
+        user = await self.store.get_user(body["user_id"])
+        if user is None:
+            raise ApiError(400, "unknown_user", "no such user")
+        for credential in await self.store.list_credentials(user_id=user.user_id):
+            if credential.status == "active":
+                return credential
+        raise ApiError(400, "user_not_enrolled", "the user has no signing credential")
+
+    def push_later(self, request: SignatureRequest) -> None:
+        if self.pusher is None:
+            return
+        task = asyncio.create_task(self.pusher.notify(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def current(self, request: SignatureRequest) -> SignatureRequest:
+        """Apply the expiry rule on read: a pending request past its time is
+        expired, whether or not the sweeper has run."""
+        if request.state is RequestState.PENDING and request.expires_at <= utcnow():
+            moved = await self.store.transition(
+                request.request_id,
+                from_states=(RequestState.PENDING,),
+                to_state=RequestState.EXPIRED,
+                now=utcnow(),
+            )
+            if moved is not None:
+                self.watch.changed(request.request_id)
+                await self._audit(
+                    "request.expired", "server", f"request:{request.request_id}", "success"
+                )
+                return moved
+            fresh = await self.store.get_request(request.request_id)
+            return fresh or request
+        return request
+
+    async def visible_request(
+        self, request_id: str, *, client_id: str | None = None, user_id: str | None = None
+    ) -> SignatureRequest:
+        request = await self.store.get_request(request_id)
+        if (
+            request is None
+            or (client_id is not None and request.client_id != client_id)
+            or (user_id is not None and request.user_id != user_id)
+        ):
+            raise ApiError(404, "not_found", "no such signature request")
+        request = await self.current(request)
+        retention = timedelta(seconds=self.settings.finished_retention)
+        if request.finished_at is not None and request.finished_at + retention <= utcnow():
+            raise ApiError(404, "not_found", "no such signature request")
+        return request
+
+    async def wait_for_change(
+        self, request_id: str, client_id: str, wait: float
+    ) -> SignatureRequest:
+        """Long poll: answer when the request is final or ``wait`` runs out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        request = await self.visible_request(request_id, client_id=client_id)
+        while not request.state.is_final:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            # Re-read at least every second: another process may change it.
+            await self.watch.wait(
+                request_id, min(remaining, 1.0, _until(request.expires_at) + 0.05)
+            )
+            request = await self.visible_request(request_id, client_id=client_id)
+        return request
+
+    async def cancel(self, request_id: str, client: Client) -> SignatureRequest:
+        request = await self.visible_request(request_id, client_id=client.client_id)
+        moved = await self.store.transition(
+            request.request_id,
+            from_states=(RequestState.PENDING,),
+            to_state=RequestState.CANCELLED,
+            now=utcnow(),
+            updates={"error": "cancelled_by_relying_party"},
+        )
+        if moved is None:
+            current = await self.visible_request(request_id, client_id=client.client_id)
+            raise ApiError(
+                409, "request_not_pending", f"the request is already {current.state}"
+            )
+        self.watch.changed(request_id)
+        await self._audit(
+            "request.cancelled", f"client:{client.client_id}", f"request:{request_id}", "success"
+        )
+        return moved
+
+    async def approve(self, request_id: str, sad: str, device: Device) -> SignatureRequest:
+        await self.visible_request(request_id, user_id=device.user_id)
+        try:
+            return await self.sam.verify_and_sign(request_id=request_id, sad=sad)
+        finally:
+            self.watch.changed(request_id)
+
+    async def reject(self, request_id: str, sad: str, device: Device) -> SignatureRequest:
+        await self.visible_request(request_id, user_id=device.user_id)
+        try:
+            return await self.sam.verify_and_reject(request_id=request_id, sad=sad)
+        finally:
+            self.watch.changed(request_id)
+
+    async def client_name(self, client_id: str) -> str:
+        name = self._client_names.get(client_id)
+        if name is None:
+            self._client_names = {
+                c.client_id: c.name for c in await self.store.list_clients()
+            }
+            name = self._client_names.get(client_id, client_id)
+        return name
+
+    def choices(self, request: SignatureRequest) -> tuple[str, ...]:
+        return code_choices(right=request.verification_code, nonce=request.nonce)
+
+    # -- housekeeping --------------------------------------------------------
+
+    async def sweep(self) -> None:
+        now = utcnow()
+        for request_id in await self.store.expire_due(now=now):
+            self.watch.changed(request_id)
+            await self._audit("request.expired", "server", f"request:{request_id}", "success")
+        retention = timedelta(seconds=self.settings.finished_retention)
+        await self.store.purge_finished(before=now - retention)
+
+    async def recover(self) -> None:
+        """Fail requests a crash left half-way through signing (STATE-3)."""
+        now = utcnow()
+        for request_id in await self.store.fail_stale_approved(
+            before=now - STALE_APPROVAL, now=now
+        ):
+            log.warning("request %s was cut off while signing; marked failed", request_id)
+            await self._audit("request.failed", "server", f"request:{request_id}", "crash")
+
+    async def _audit(
+        self,
+        event: str,
+        actor: str,
+        subject: str,
+        outcome: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        await self.store.append_audit(
+            time=utcnow(),
+            event=event,
+            actor=actor,
+            subject=subject,
+            outcome=outcome,
+            details=details,
+        )
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _until(when: datetime) -> float:
+    return max(0.0, (when - utcnow()).total_seconds())
+
+
+def _hash_algorithm(name: str) -> HashAlg:
+    try:
+        return HashAlg.from_name(name)
+    except ValueError as e:
+        raise ApiError(
+            400,
+            "invalid_hash_algorithm",
+            "hash_algorithm must be SHA-256, SHA-384 or SHA-512 (by name or OID)",
+        ) from e
+
+
+def _check_hash(index: int, value: str, hash_alg: HashAlg) -> str:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ApiError(
+            400, "invalid_request", f"hashes[{index}] is not valid base64"
+        ) from e
+    if len(raw) != hash_alg.digest_size:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"hashes[{index}] has {len(raw)} bytes; {hash_alg.name} needs "
+            f"{hash_alg.digest_size}",
+        )
+    return base64.b64encode(raw).decode("ascii")

@@ -1,0 +1,163 @@
+"""Request bodies: read, parse and validate with JSON Schema (INPUT-1).
+
+Error descriptions name the field and the rule, never the value, so that a
+secret sent in the wrong place is not echoed back (SAD-6).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from server.errors import ApiError
+
+__all__ = ["SCHEMAS", "parse_json", "read_json", "validate"]
+
+_B64 = r"^[A-Za-z0-9+/]*={0,2}$"
+_B64URL = r"^[A-Za-z0-9_-]+$"
+_ID = r"^[A-Za-z0-9._@:-]+$"
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "create_user": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["display_name"],
+        "properties": {
+            "user_id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": _ID},
+            "display_name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "key_algorithm": {
+                "type": "string",
+                "enum": ["EC-P256", "EC-P384", "RSA-2048", "RSA-3072"],
+            },
+        },
+    },
+    "create_request": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["hash_algorithm", "hashes", "display_text"],
+        "oneOf": [{"required": ["user_id"]}, {"required": ["credential_id"]}],
+        "properties": {
+            "user_id": {"type": "string", "minLength": 1, "maxLength": 64},
+            "credential_id": {"type": "string", "minLength": 1, "maxLength": 64},
+            "hash_algorithm": {"type": "string", "minLength": 1, "maxLength": 64},
+            "hashes": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "maxLength": 128, "pattern": _B64},
+            },
+            "display_text": {"type": "string", "minLength": 1, "maxLength": 200},
+            "idempotency_key": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 64,
+                "pattern": _ID,
+            },
+            "ttl_seconds": {"type": "integer"},
+        },
+    },
+    "enrol": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["activation_code", "challenge", "push_subscription"],
+        "properties": {
+            "activation_code": {"type": "string", "minLength": 1, "maxLength": 64},
+            "challenge": {"type": "string", "minLength": 1, "maxLength": 128},
+            "name": {"type": "string", "maxLength": 100},
+            "push_subscription": {
+                "type": "object",
+                "required": ["endpoint", "keys"],
+                "properties": {
+                    "endpoint": {
+                        "type": "string",
+                        "maxLength": 2048,
+                        "pattern": "^https?://",
+                    },
+                    "expirationTime": {"type": ["number", "null"]},
+                    "keys": {
+                        "type": "object",
+                        "required": ["p256dh", "auth"],
+                        "properties": {
+                            "p256dh": {
+                                "type": "string",
+                                "maxLength": 128,
+                                "pattern": _B64URL,
+                            },
+                            "auth": {"type": "string", "maxLength": 64, "pattern": _B64URL},
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "sad": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["sad"],
+        "properties": {"sad": {"type": "string", "minLength": 1, "maxLength": 16384}},
+    },
+}
+
+_VALIDATORS = {name: Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
+
+_RULES = {
+    "type": "has the wrong type",
+    "required": "is missing a required field",
+    "additionalProperties": "has a field that is not allowed",
+    "minLength": "is too short",
+    "maxLength": "is too long",
+    "minItems": "has too few items",
+    "maxItems": "has too many items",
+    "pattern": "has characters that are not allowed",
+    "enum": "is not one of the allowed values",
+    "oneOf": "must name exactly one of the alternatives",
+}
+
+
+def _describe(error: ValidationError) -> str:
+    where = "body" + "".join(
+        f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+    )
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else "a field"
+        return f"{where}.{missing} is required"
+    if error.validator == "additionalProperties":
+        return f"{where} has a field that is not allowed"
+    if error.validator == "type":
+        return f"{where} must be of type {error.validator_value}"
+    if error.validator == "oneOf" and error.validator_value:
+        names = [sorted(s.get("required", [])) for s in error.validator_value]
+        return f"{where} must name exactly one of " + " or ".join(
+            "/".join(n) for n in names
+        )
+    return f"{where} {_RULES.get(str(error.validator), 'is invalid')}"
+
+
+def validate(schema: str, body: Any) -> dict[str, Any]:
+    errors = sorted(
+        _VALIDATORS[schema].iter_errors(body), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        raise ApiError(400, "invalid_request", _describe(errors[0]))
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "body must be a JSON object")
+    return body
+
+
+async def read_json(request: web.Request, schema: str) -> tuple[bytes, dict[str, Any]]:
+    """Read the raw body (its exact bytes are signed) and validate it."""
+    raw = await request.read()
+    return raw, parse_json(raw, schema)
+
+
+def parse_json(raw: bytes, schema: str) -> dict[str, Any]:
+    if not raw:
+        raise ApiError(400, "invalid_request", "the request body is empty")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, "invalid_request", "the body is not valid JSON") from e
+    return validate(schema, body)

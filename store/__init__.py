@@ -1,0 +1,67 @@
+"""Persistence for the signing backend: one async interface, two backends.
+
+``open_store`` picks the backend from a URL or path; the caller still awaits
+``open()`` on the result before using it.
+"""
+
+from __future__ import annotations
+
+from store.base import Store
+from store.errors import DuplicateError, StoreError, StoreUnavailable
+from store.models import (
+    ActivationCode,
+    AuditRecord,
+    Client,
+    Credential,
+    Device,
+    DeviceStatus,
+    RequestState,
+    SignatureRequest,
+    User,
+)
+
+__all__ = [
+    "ActivationCode",
+    "AuditRecord",
+    "Client",
+    "Credential",
+    "Device",
+    "DeviceStatus",
+    "DuplicateError",
+    "RequestState",
+    "SignatureRequest",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "User",
+    "open_store",
+]
+
+_SQLITE_PREFIX = "sqlite:///"
+
+
+def open_store(url_or_path: str) -> Store:
+    """Build the store named by ``url_or_path``; it is not opened yet.
+
+    ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
+    ``sqlite:///:memory:`` or a plain filesystem path give the embedded
+    SQLite store; ``mongodb://`` and ``mongodb+srv://`` name MongoDB.
+    """
+    from store.sqlite import SqliteStore
+
+    if url_or_path.startswith(_SQLITE_PREFIX):
+        path = url_or_path[len(_SQLITE_PREFIX) :]
+        if not path:
+            raise ValueError("sqlite:/// URL names no database file")
+        return SqliteStore(path)
+
+    scheme, sep, _ = url_or_path.partition("://")
+    if not sep:
+        if not url_or_path:
+            raise ValueError("empty store location")
+        return SqliteStore(url_or_path)
+
+    if scheme in ("mongodb", "mongodb+srv"):
+        # TODO: lift once store/mongodb.py exists and passes the contract tests.
+        raise NotImplementedError("MongoDB backend not built yet")
+    raise ValueError(f"unsupported store URL scheme {scheme!r}")

@@ -1,0 +1,200 @@
+"""The async store interface that every backend implements.
+
+Each method that changes a signature request is one atomic conditional
+update (STATE-1): it names the states it may leave and either moves the
+request or returns ``None`` without touching it. The same contract tests
+(``tests/store_contract.py``) run against every backend (STATE-2).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from store.models import (
+    ActivationCode,
+    AuditRecord,
+    Client,
+    Credential,
+    Device,
+    DeviceStatus,
+    RequestState,
+    SignatureRequest,
+    User,
+)
+
+__all__ = ["Store"]
+
+
+class Store(abc.ABC):
+    """Persistence for users, devices, credentials, requests and audit."""
+
+    # -- life cycle -------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the schema if it is missing."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # -- key/value settings (CA certificate, VAPID public key, ...) -------
+    @abc.abstractmethod
+    async def get_setting(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def put_setting(self, key: str, value: str) -> None: ...
+
+    # -- relying applications ---------------------------------------------
+    @abc.abstractmethod
+    async def add_client(self, client: Client) -> None:
+        """Raise ``DuplicateError`` when the id or key hash exists."""
+
+    @abc.abstractmethod
+    async def client_by_key_hash(self, api_key_hash: str) -> Client | None: ...
+
+    @abc.abstractmethod
+    async def list_clients(self) -> list[Client]: ...
+
+    # -- users and activation codes -------------------------------------
+    @abc.abstractmethod
+    async def add_user(self, user: User) -> None:
+        """Raise ``DuplicateError`` when the user id exists."""
+
+    @abc.abstractmethod
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[User]: ...
+
+    @abc.abstractmethod
+    async def add_activation_code(self, code: ActivationCode) -> None: ...
+
+    @abc.abstractmethod
+    async def consume_activation_code(
+        self, code_hash: str, *, now: datetime
+    ) -> ActivationCode | None:
+        """Atomically use a code once; ``None`` if unknown, used or expired."""
+
+    # -- devices ------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_device(self, device: Device) -> None:
+        """Raise ``DuplicateError`` when the device id exists."""
+
+    @abc.abstractmethod
+    async def get_device(self, device_id: str) -> Device | None: ...
+
+    @abc.abstractmethod
+    async def list_devices(self, *, user_id: str | None = None) -> list[Device]: ...
+
+    @abc.abstractmethod
+    async def set_device_status(
+        self, device_id: str, status: DeviceStatus
+    ) -> Device | None: ...
+
+    @abc.abstractmethod
+    async def clear_push_subscription(self, device_id: str, endpoint: str) -> bool:
+        """Drop the subscription if it still has this endpoint (PUSH-2)."""
+
+    # -- credentials ------------------------------------------------------
+    @abc.abstractmethod
+    async def add_credential(self, credential: Credential) -> None: ...
+
+    @abc.abstractmethod
+    async def get_credential(self, credential_id: str) -> Credential | None: ...
+
+    @abc.abstractmethod
+    async def list_credentials(
+        self, *, user_id: str | None = None
+    ) -> list[Credential]: ...
+
+    # -- single-use values (device call ids, enrolment challenges) -----------
+    @abc.abstractmethod
+    async def use_once(self, scope: str, value: str, *, expires_at: datetime) -> bool:
+        """Record ``value`` in ``scope``; ``False`` if it was already there.
+
+        Entries past ``expires_at`` may be purged, but a value is never
+        accepted twice while it has not expired.
+        """
+
+    @abc.abstractmethod
+    async def put_challenge(self, challenge: str, *, expires_at: datetime) -> None:
+        """Remember a server-issued challenge until it expires."""
+
+    @abc.abstractmethod
+    async def take_challenge(self, challenge: str, *, now: datetime) -> bool:
+        """Atomically remove a live challenge; ``False`` if unknown/expired."""
+
+    # -- signature requests -------------------------------------------------
+    @abc.abstractmethod
+    async def create_request(self, request: SignatureRequest) -> SignatureRequest:
+        """Insert a request, or return the existing one for the same
+        ``(client_id, idempotency_key)`` when that key is set."""
+
+    @abc.abstractmethod
+    async def get_request(self, request_id: str) -> SignatureRequest | None: ...
+
+    @abc.abstractmethod
+    async def list_requests(
+        self,
+        *,
+        user_id: str | None = None,
+        client_id: str | None = None,
+        states: Collection[RequestState] | None = None,
+        limit: int = 100,
+    ) -> list[SignatureRequest]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def transition(
+        self,
+        request_id: str,
+        *,
+        from_states: Collection[RequestState],
+        to_state: RequestState,
+        now: datetime,
+        not_expired: bool = False,
+        updates: Mapping[str, Any] | None = None,
+    ) -> SignatureRequest | None:
+        """Move a request in one conditional update.
+
+        The move happens only if the request's state is in ``from_states``
+        and, when ``not_expired`` is set, ``expires_at > now``. ``updates``
+        may set ``signatures``, ``sad_digest`` and ``error``. A final state
+        sets ``finished_at = now``. Returns the new record or ``None``.
+        """
+
+    @abc.abstractmethod
+    async def expire_due(self, *, now: datetime) -> list[str]:
+        """Move pending requests past ``expires_at`` to expired; return ids."""
+
+    @abc.abstractmethod
+    async def fail_stale_approved(
+        self, *, before: datetime, now: datetime
+    ) -> list[str]:
+        """Move approved requests last updated before ``before`` to failed
+        (crash recovery, STATE-3); return their ids."""
+
+    @abc.abstractmethod
+    async def purge_finished(self, *, before: datetime) -> int:
+        """Delete final requests finished before ``before``."""
+
+    # -- audit trail (AUD-2, AUD-3) ----------------------------------------
+    @abc.abstractmethod
+    async def append_audit(
+        self,
+        *,
+        time: datetime,
+        event: str,
+        actor: str,
+        subject: str,
+        outcome: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditRecord:
+        """Append one record, chained to the previous by its hash."""
+
+    @abc.abstractmethod
+    async def audit_records(
+        self, *, after_seq: int = 0, limit: int = 1000
+    ) -> Sequence[AuditRecord]: ...

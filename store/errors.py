@@ -1,0 +1,17 @@
+"""Errors raised by store backends."""
+
+from __future__ import annotations
+
+__all__ = ["DuplicateError", "StoreError", "StoreUnavailable"]
+
+
+class StoreError(Exception):
+    """Root of every store error."""
+
+
+class DuplicateError(StoreError):
+    """A record with the same identity already exists."""
+
+
+class StoreUnavailable(StoreError):
+    """The backing database cannot be reached right now."""

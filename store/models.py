@@ -1,0 +1,134 @@
+"""Records kept by the store.
+
+Every record is a frozen dataclass: the store hands out values, never live
+objects, so a caller cannot change state except through the store's atomic
+operations (STATE-1). Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "ActivationCode",
+    "AuditRecord",
+    "Client",
+    "Credential",
+    "Device",
+    "DeviceStatus",
+    "RequestState",
+    "SignatureRequest",
+    "User",
+]
+
+
+class RequestState(enum.StrEnum):
+    """Life cycle of a signature request (STATE-1)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    SIGNED = "signed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (RequestState.PENDING, RequestState.APPROVED)
+
+
+class DeviceStatus(enum.StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    user_id: str
+    display_name: str
+    key_algorithm: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationCode:
+    """A one-time enrolment code, kept only as a hash (SAD-6)."""
+
+    code_hash: str
+    user_id: str
+    expires_at: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device_id: str
+    user_id: str
+    public_key_jwk: dict[str, Any]
+    push_subscription: dict[str, Any] | None
+    status: DeviceStatus
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    credential_id: str
+    user_id: str
+    key_id: str
+    key_algorithm: str
+    certificate_der: bytes = field(repr=False)
+    chain_der: tuple[bytes, ...] = field(repr=False)
+    status: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A relying application; its API key is kept only as a hash."""
+
+    client_id: str
+    name: str
+    api_key_hash: str = field(repr=False)
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureRequest:
+    request_id: str
+    client_id: str
+    user_id: str
+    credential_id: str
+    hash_algorithm: str
+    hashes: tuple[str, ...]
+    display_text: str
+    nonce: str = field(repr=False)
+    verification_code: str
+    state: RequestState
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime
+    idempotency_key: str | None = None
+    signatures: tuple[str, ...] | None = field(default=None, repr=False)
+    sad_digest: str | None = None
+    error: str | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One link of the hash-chained audit trail (AUD-2, AUD-3)."""
+
+    seq: int
+    time: datetime
+    event: str
+    actor: str
+    subject: str
+    outcome: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str

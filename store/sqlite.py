@@ -1,0 +1,695 @@
+"""The embedded store: one SQLite file in WAL mode, driven by aiosqlite.
+
+Every write is a single SQL statement running in SQLite's autocommit mode,
+so each is atomic on its own, across connections and processes: request
+moves are conditional ``UPDATE ... RETURNING`` (STATE-1), single-use values
+are ``INSERT ... ON CONFLICT`` or ``DELETE ... RETURNING``, and an audit
+append reads the chain head and inserts the next link in one ``INSERT ...
+SELECT`` (AUD-3). No multi-statement transaction is ever left open on the
+shared connection, so concurrent coroutines cannot end up inside each
+other's transactions.
+"""
+
+# Interpolated SQL below is only ever module constants or column names from
+# store._rules.UPDATABLE_FIELDS; every value travels as a ``?`` parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from store._rules import (
+    STALE_APPROVAL_ERROR,
+    check_limit,
+    check_transition,
+    check_updates,
+)
+from store._sqlite_rows import (
+    AUDIT_COLUMNS,
+    CREDENTIAL_COLUMNS,
+    DEVICE_COLUMNS,
+    REQUEST_COLUMNS,
+    audit_from_row,
+    client_from_row,
+    credential_from_row,
+    credential_params,
+    device_from_row,
+    from_us,
+    request_from_row,
+    request_params,
+    to_json,
+    to_us,
+    user_from_row,
+)
+from store._sqlite_schema import SCHEMA, SCHEMA_VERSION
+from store.audit import GENESIS_HASH, canonical_json, chain_hash
+from store.base import Store
+from store.errors import DuplicateError, StoreError, StoreUnavailable
+from store.models import (
+    ActivationCode,
+    AuditRecord,
+    Client,
+    Credential,
+    Device,
+    DeviceStatus,
+    RequestState,
+    SignatureRequest,
+    User,
+)
+
+__all__ = ["SqliteStore"]
+
+logger = logging.getLogger(__name__)
+
+# Expired single-use values, challenges and activation codes are deleted
+# once every this many use_once() calls.
+PURGE_EVERY = 256
+
+_DUPLICATE_ERRORS = frozenset(
+    {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+)
+
+_INSERT_REQUEST = f"""
+INSERT INTO requests ({REQUEST_COLUMNS})
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (client_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+DO NOTHING
+RETURNING {REQUEST_COLUMNS}
+"""
+
+# The next seq and the head's hash are read by the same statement that
+# writes the new link. SQLite takes the write lock when an INSERT starts,
+# so no other connection can append between the read and the write.
+_APPEND_AUDIT = """
+INSERT INTO audit (seq, time, event, actor, subject, outcome, details,
+                   prev_hash, hash)
+SELECT head.seq, :time, :event, :actor, :subject, :outcome, :details,
+       head.prev_hash,
+       sigil_chain_hash(head.prev_hash, head.seq, :time, :event, :actor,
+                        :subject, :outcome, :details)
+FROM (
+    SELECT coalesce(max(seq), 0) + 1 AS seq,
+           coalesce((SELECT hash FROM audit ORDER BY seq DESC LIMIT 1),
+                    :genesis) AS prev_hash
+    FROM audit
+) AS head
+RETURNING seq, prev_hash, hash
+"""
+
+
+def _sql_chain_hash(
+    prev_hash: str,
+    seq: int,
+    time_us: int,
+    event: str,
+    actor: str,
+    subject: str,
+    outcome: str,
+    details: str,
+) -> str:
+    return chain_hash(
+        prev_hash=prev_hash,
+        seq=seq,
+        time=from_us(time_us),
+        event=event,
+        actor=actor,
+        subject=subject,
+        outcome=outcome,
+        details=json.loads(details),
+    )
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+class SqliteStore(Store):
+    """The embedded backend; ``path`` may be ``":memory:"`` for tests."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        self._path = str(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._db: aiosqlite.Connection | None = None
+        self._use_once_calls = 0
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self._path!r})"
+
+    # -- plumbing -----------------------------------------------------------
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreUnavailable("the SQLite store is not open")
+        return self._db
+
+    async def _query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[sqlite3.Row]:
+        """Run one statement; return its rows (``RETURNING`` included)."""
+        db = self._conn()
+        try:
+            return list(await db.execute_fetchall(sql, params))
+        except sqlite3.Error as e:
+            raise _translate(e) from e
+
+    async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; return the number of rows it changed."""
+        db = self._conn()
+        try:
+            async with db.execute(sql, params) as cursor:
+                return int(cursor.rowcount)
+        except sqlite3.Error as e:
+            raise _translate(e) from e
+
+    # -- life cycle -----------------------------------------------------------
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        try:
+            db = await aiosqlite.connect(self._path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"cannot open SQLite database: {e}") from e
+
+        try:
+            await self._prepare(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+        logger.debug("opened SQLite store at %s", self._path)
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        db.row_factory = sqlite3.Row
+        try:
+            await db.execute_fetchall(
+                f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}"
+            )
+            rows = list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
+            # With WAL, NORMAL never corrupts the file; a power cut (not a
+            # process crash) may drop the last commits.
+            await db.execute_fetchall("PRAGMA synchronous = NORMAL")
+            await db.execute_fetchall("PRAGMA foreign_keys = ON")
+            await db.create_function(
+                "sigil_chain_hash", 8, _sql_chain_hash, deterministic=True
+            )
+            async with db.executescript(SCHEMA):
+                pass
+            await db.execute_fetchall(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            version_rows = list(
+                await db.execute_fetchall(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                )
+            )
+        except sqlite3.Error as e:
+            raise _translate(e) from e
+
+        journal_mode = rows[0][0] if rows else None
+        if journal_mode != "wal" and self._path != ":memory:":
+            logger.warning(
+                "SQLite at %s runs in journal mode %s, not WAL",
+                self._path,
+                journal_mode,
+            )
+
+        version = int(version_rows[0][0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {version} is newer than this code "
+                f"supports ({SCHEMA_VERSION})"
+            )
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            await db.close()
+        except sqlite3.Error as e:
+            raise _translate(e) from e
+        logger.debug("closed SQLite store at %s", self._path)
+
+    # -- settings -----------------------------------------------------------
+    async def get_setting(self, key: str) -> str | None:
+        rows = await self._query("SELECT value FROM settings WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def put_setting(self, key: str, value: str) -> None:
+        await self._query(
+            "INSERT INTO settings (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- clients --------------------------------------------------------------
+    async def add_client(self, client: Client) -> None:
+        await self._query(
+            "INSERT INTO clients (client_id, name, api_key_hash, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (
+                client.client_id,
+                client.name,
+                client.api_key_hash,
+                to_us(client.created_at, "created_at"),
+            ),
+        )
+
+    async def client_by_key_hash(self, api_key_hash: str) -> Client | None:
+        rows = await self._query(
+            "SELECT client_id, name, api_key_hash, created_at FROM clients"
+            " WHERE api_key_hash = ?",
+            (api_key_hash,),
+        )
+        return client_from_row(rows[0]) if rows else None
+
+    async def list_clients(self) -> list[Client]:
+        rows = await self._query(
+            "SELECT client_id, name, api_key_hash, created_at FROM clients"
+            " ORDER BY created_at, client_id"
+        )
+        return [client_from_row(row) for row in rows]
+
+    # -- users and activation codes -------------------------------------------
+    async def add_user(self, user: User) -> None:
+        await self._query(
+            "INSERT INTO users (user_id, display_name, key_algorithm, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (
+                user.user_id,
+                user.display_name,
+                user.key_algorithm,
+                to_us(user.created_at, "created_at"),
+            ),
+        )
+
+    async def get_user(self, user_id: str) -> User | None:
+        rows = await self._query(
+            "SELECT user_id, display_name, key_algorithm, created_at FROM users"
+            " WHERE user_id = ?",
+            (user_id,),
+        )
+        return user_from_row(rows[0]) if rows else None
+
+    async def list_users(self) -> list[User]:
+        rows = await self._query(
+            "SELECT user_id, display_name, key_algorithm, created_at FROM users"
+            " ORDER BY created_at, user_id"
+        )
+        return [user_from_row(row) for row in rows]
+
+    async def add_activation_code(self, code: ActivationCode) -> None:
+        await self._query(
+            "INSERT INTO activation_codes (code_hash, user_id, expires_at, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (
+                code.code_hash,
+                code.user_id,
+                to_us(code.expires_at, "expires_at"),
+                to_us(code.created_at, "created_at"),
+            ),
+        )
+
+    async def consume_activation_code(
+        self, code_hash: str, *, now: datetime
+    ) -> ActivationCode | None:
+        # Deleting is the use: a second caller finds nothing. An expired
+        # code is deleted too, since it can never be used again.
+        now_us = to_us(now, "now")
+        rows = await self._query(
+            "DELETE FROM activation_codes WHERE code_hash = ?"
+            " RETURNING code_hash, user_id, expires_at, created_at",
+            (code_hash,),
+        )
+        if not rows or rows[0]["expires_at"] <= now_us:
+            return None
+        row = rows[0]
+        return ActivationCode(
+            code_hash=row["code_hash"],
+            user_id=row["user_id"],
+            expires_at=from_us(row["expires_at"]),
+            created_at=from_us(row["created_at"]),
+        )
+
+    # -- devices --------------------------------------------------------------
+    async def add_device(self, device: Device) -> None:
+        push = device.push_subscription
+        await self._query(
+            f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                device.device_id,
+                device.user_id,
+                to_json(device.public_key_jwk),
+                None if push is None else to_json(push),
+                DeviceStatus(device.status).value,
+                device.name,
+                to_us(device.created_at, "created_at"),
+            ),
+        )
+
+    async def get_device(self, device_id: str) -> Device | None:
+        rows = await self._query(
+            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?",
+            (device_id,),
+        )
+        return device_from_row(rows[0]) if rows else None
+
+    async def list_devices(self, *, user_id: str | None = None) -> list[Device]:
+        if user_id is None:
+            rows = await self._query(
+                f"SELECT {DEVICE_COLUMNS} FROM devices ORDER BY created_at, device_id"
+            )
+        else:
+            rows = await self._query(
+                f"SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ?"
+                " ORDER BY created_at, device_id",
+                (user_id,),
+            )
+        return [device_from_row(row) for row in rows]
+
+    async def set_device_status(
+        self, device_id: str, status: DeviceStatus
+    ) -> Device | None:
+        rows = await self._query(
+            f"UPDATE devices SET status = ? WHERE device_id = ?"
+            f" RETURNING {DEVICE_COLUMNS}",
+            (DeviceStatus(status).value, device_id),
+        )
+        if not rows:
+            return None
+        logger.debug("device %s is now %s", device_id, status)
+        return device_from_row(rows[0])
+
+    async def clear_push_subscription(self, device_id: str, endpoint: str) -> bool:
+        # Only if the endpoint is unchanged: a device that re-subscribed in
+        # the meantime keeps its new subscription (PUSH-2).
+        rows = await self._query(
+            "UPDATE devices SET push_subscription = NULL"
+            " WHERE device_id = ?"
+            " AND json_extract(push_subscription, '$.endpoint') = ?"
+            " RETURNING device_id",
+            (device_id, endpoint),
+        )
+        return bool(rows)
+
+    # -- credentials ------------------------------------------------------------
+    async def add_credential(self, credential: Credential) -> None:
+        await self._query(
+            f"INSERT INTO credentials ({CREDENTIAL_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            credential_params(credential),
+        )
+
+    async def get_credential(self, credential_id: str) -> Credential | None:
+        rows = await self._query(
+            f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE credential_id = ?",
+            (credential_id,),
+        )
+        return credential_from_row(rows[0]) if rows else None
+
+    async def list_credentials(self, *, user_id: str | None = None) -> list[Credential]:
+        if user_id is None:
+            rows = await self._query(
+                f"SELECT {CREDENTIAL_COLUMNS} FROM credentials"
+                " ORDER BY created_at, credential_id"
+            )
+        else:
+            rows = await self._query(
+                f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE user_id = ?"
+                " ORDER BY created_at, credential_id",
+                (user_id,),
+            )
+        return [credential_from_row(row) for row in rows]
+
+    # -- single-use values ------------------------------------------------------
+    async def use_once(self, scope: str, value: str, *, expires_at: datetime) -> bool:
+        # An existing entry blocks the insert while it lives; once expired
+        # the conflict turns into an update that takes the entry over.
+        expires_us = to_us(expires_at, "expires_at")
+        now_us = to_us(datetime.now(UTC), "now")
+        rows = await self._query(
+            "INSERT INTO used_values (scope, value, expires_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (scope, value) DO UPDATE"
+            " SET expires_at = excluded.expires_at"
+            " WHERE used_values.expires_at <= ?"
+            " RETURNING 1",
+            (scope, value, expires_us, now_us),
+        )
+
+        self._use_once_calls += 1
+        if self._use_once_calls % PURGE_EVERY == 0:
+            await self._purge_expired(now_us)
+        return bool(rows)
+
+    async def _purge_expired(self, now_us: int) -> None:
+        purged = 0
+        for table in ("used_values", "challenges", "activation_codes"):
+            purged += await self._execute(
+                f"DELETE FROM {table} WHERE expires_at <= ?",
+                (now_us,),
+            )
+        logger.debug("purged %s expired single-use entries", purged)
+
+    async def put_challenge(self, challenge: str, *, expires_at: datetime) -> None:
+        expires_us = to_us(expires_at, "expires_at")
+        now_us = to_us(datetime.now(UTC), "now")
+        rows = await self._query(
+            "INSERT INTO challenges (challenge, expires_at) VALUES (?, ?)"
+            " ON CONFLICT (challenge) DO UPDATE"
+            " SET expires_at = excluded.expires_at"
+            " WHERE challenges.expires_at <= ?"
+            " RETURNING 1",
+            (challenge, expires_us, now_us),
+        )
+        if not rows:
+            raise DuplicateError("this challenge is already outstanding")
+
+    async def take_challenge(self, challenge: str, *, now: datetime) -> bool:
+        now_us = to_us(now, "now")
+        rows = await self._query(
+            "DELETE FROM challenges WHERE challenge = ? RETURNING expires_at",
+            (challenge,),
+        )
+        return bool(rows) and rows[0][0] > now_us
+
+    # -- signature requests -----------------------------------------------------
+    async def create_request(self, request: SignatureRequest) -> SignatureRequest:
+        params = request_params(request)
+        key = request.idempotency_key
+
+        # A lost race on the idempotency key inserts nothing; the winner's
+        # row is then read back. Retried in case it was purged in between.
+        for _ in range(3):
+            rows = await self._query(_INSERT_REQUEST, params)
+            if rows:
+                logger.debug("created request %s", request.request_id)
+                return request_from_row(rows[0])
+            if key is None:  # pragma: no cover - only a keyed insert skips
+                break
+
+            rows = await self._query(
+                f"SELECT {REQUEST_COLUMNS} FROM requests"
+                " WHERE client_id = ? AND idempotency_key = ?",
+                (request.client_id, key),
+            )
+            if rows:
+                existing = request_from_row(rows[0])
+                logger.debug(
+                    "idempotent create returned request %s", existing.request_id
+                )
+                return existing
+        raise StoreError(f"request {request.request_id} was neither stored nor found")
+
+    async def get_request(self, request_id: str) -> SignatureRequest | None:
+        rows = await self._query(
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ?",
+            (request_id,),
+        )
+        return request_from_row(rows[0]) if rows else None
+
+    async def list_requests(
+        self,
+        *,
+        user_id: str | None = None,
+        client_id: str | None = None,
+        states: Collection[RequestState] | None = None,
+        limit: int = 100,
+    ) -> list[SignatureRequest]:
+        check_limit(limit)
+        where: list[str] = []
+        params: list[Any] = []
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        if client_id is not None:
+            where.append("client_id = ?")
+            params.append(client_id)
+        if states is not None:
+            values = sorted({RequestState(s).value for s in states})
+            if not values:
+                return []
+            where.append(f"state IN ({_placeholders(len(values))})")
+            params.extend(values)
+
+        sql = f"SELECT {REQUEST_COLUMNS} FROM requests"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, request_id DESC LIMIT ?"
+        params.append(limit)
+        return [request_from_row(row) for row in await self._query(sql, params)]
+
+    async def transition(
+        self,
+        request_id: str,
+        *,
+        from_states: Collection[RequestState],
+        to_state: RequestState,
+        now: datetime,
+        not_expired: bool = False,
+        updates: Mapping[str, Any] | None = None,
+    ) -> SignatureRequest | None:
+        states = sorted(s.value for s in check_transition(from_states, to_state))
+        to_state = RequestState(to_state)
+        fields = check_updates(updates)
+        now_us = to_us(now, "now")
+        if not states:
+            return None
+
+        assignments = ["state = ?", "updated_at = ?"]
+        params: list[Any] = [to_state.value, now_us]
+        if to_state.is_final:
+            assignments.append("finished_at = ?")
+            params.append(now_us)
+        # Column names come from UPDATABLE_FIELDS, never from the caller.
+        for name in sorted(fields):
+            value = fields[name]
+            assignments.append(f"{name} = ?")
+            if name == "signatures" and value is not None:
+                value = to_json(list(value))
+            params.append(value)
+
+        condition = f"request_id = ? AND state IN ({_placeholders(len(states))})"
+        params.append(request_id)
+        params.extend(states)
+        if not_expired:
+            condition += " AND expires_at > ?"
+            params.append(now_us)
+
+        rows = await self._query(
+            f"UPDATE requests SET {', '.join(assignments)}"
+            f" WHERE {condition} RETURNING {REQUEST_COLUMNS}",
+            params,
+        )
+        if not rows:
+            logger.debug("request %s not moved to %s", request_id, to_state.value)
+            return None
+        logger.debug("request %s moved to %s", request_id, to_state.value)
+        return request_from_row(rows[0])
+
+    async def expire_due(self, *, now: datetime) -> list[str]:
+        now_us = to_us(now, "now")
+        rows = await self._query(
+            "UPDATE requests SET state = 'expired', updated_at = ?, finished_at = ?"
+            " WHERE state = 'pending' AND expires_at <= ?"
+            " RETURNING request_id",
+            (now_us, now_us, now_us),
+        )
+        ids = [str(row[0]) for row in rows]
+        if ids:
+            logger.debug("expired %s pending requests", len(ids))
+        return ids
+
+    async def fail_stale_approved(
+        self, *, before: datetime, now: datetime
+    ) -> list[str]:
+        before_us = to_us(before, "before")
+        now_us = to_us(now, "now")
+        rows = await self._query(
+            "UPDATE requests SET state = 'failed', updated_at = ?, finished_at = ?,"
+            " error = coalesce(error, ?)"
+            " WHERE state = 'approved' AND updated_at < ?"
+            " RETURNING request_id",
+            (now_us, now_us, STALE_APPROVAL_ERROR, before_us),
+        )
+        ids = [str(row[0]) for row in rows]
+        if ids:
+            logger.warning("failed %s approved requests left unsigned", len(ids))
+        return ids
+
+    async def purge_finished(self, *, before: datetime) -> int:
+        count = await self._execute(
+            "DELETE FROM requests WHERE finished_at IS NOT NULL AND finished_at < ?",
+            (to_us(before, "before"),),
+        )
+        if count:
+            logger.debug("purged %s finished requests", count)
+        return count
+
+    # -- audit trail ------------------------------------------------------------
+    async def append_audit(
+        self,
+        *,
+        time: datetime,
+        event: str,
+        actor: str,
+        subject: str,
+        outcome: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditRecord:
+        # The stored text is what gets hashed, so a record read back later
+        # verifies exactly (tuples become lists, and so on, before hashing).
+        details_json = canonical_json(dict(details or {}))
+        time_us = to_us(time, "time")
+        rows = await self._query(
+            _APPEND_AUDIT,
+            {
+                "time": time_us,
+                "event": event,
+                "actor": actor,
+                "subject": subject,
+                "outcome": outcome,
+                "details": details_json,
+                "genesis": GENESIS_HASH,
+            },
+        )
+        row = rows[0]
+        return AuditRecord(
+            seq=row["seq"],
+            time=from_us(time_us),
+            event=event,
+            actor=actor,
+            subject=subject,
+            outcome=outcome,
+            details=json.loads(details_json),
+            prev_hash=row["prev_hash"],
+            hash=row["hash"],
+        )
+
+    async def audit_records(
+        self, *, after_seq: int = 0, limit: int = 1000
+    ) -> Sequence[AuditRecord]:
+        check_limit(limit)
+        rows = await self._query(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [audit_from_row(row) for row in rows]
+
+
+def _translate(e: sqlite3.Error) -> StoreError:
+    """Turn a driver error into the store's own (errors.py)."""
+    if isinstance(e, sqlite3.IntegrityError):
+        if getattr(e, "sqlite_errorname", None) in _DUPLICATE_ERRORS:
+            return DuplicateError(str(e))
+        return StoreError(f"integrity check failed: {e}")
+    if isinstance(e, sqlite3.OperationalError):
+        return StoreUnavailable(f"SQLite: {e}")
+    return StoreError(f"SQLite: {e}")

@@ -1,0 +1,1 @@
+pytest_plugins = ["tests.conftest_store", "tests.conftest_hsm", "tests.conftest_server"]
