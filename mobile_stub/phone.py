@@ -458,7 +458,7 @@ class SimulatedPhone(DeviceClient):
     async def wait_for(
         self,
         request_id: str,
-        timeout: float | None = 10,  # noqa: ASYNC109
+        timeout: float | None = 10,
     ) -> ShownRequest:
         """Wait until the phone has shown (and answered) this request."""
         return await self._wait(
@@ -470,7 +470,7 @@ class SimulatedPhone(DeviceClient):
     async def wait_for_count(
         self,
         count: int,
-        timeout: float | None = 10,  # noqa: ASYNC109
+        timeout: float | None = 10,
     ) -> list[ShownRequest]:
         """Wait until the phone has shown at least ``count`` requests."""
         return await self._wait(
@@ -482,7 +482,7 @@ class SimulatedPhone(DeviceClient):
     async def wait_for_pushes(
         self,
         count: int = 1,
-        timeout: float | None = 10,  # noqa: ASYNC109
+        timeout: float | None = 10,
     ) -> list[ReceivedPush]:
         """Wait until the endpoint has accepted at least ``count`` pushes."""
         return await self._wait(

@@ -58,9 +58,16 @@ class RelyingPartyClient:
         return answer
 
     async def create_user(
-        self, display_name: str, *, user_id: str | None = None, key_algorithm: str = "EC-P256"
+        self,
+        display_name: str,
+        *,
+        user_id: str | None = None,
+        key_algorithm: str = "EC-P256",
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"display_name": display_name, "key_algorithm": key_algorithm}
+        body: dict[str, Any] = {
+            "display_name": display_name,
+            "key_algorithm": key_algorithm,
+        }
         if user_id is not None:
             body["user_id"] = user_id
         result: dict[str, Any] = await self._ok("POST", "/api/v1/users", body)
@@ -94,7 +101,9 @@ class RelyingPartyClient:
             body["idempotency_key"] = idempotency_key
         if ttl_seconds is not None:
             body["ttl_seconds"] = ttl_seconds
-        result: dict[str, Any] = await self._ok("POST", "/api/v1/signature-requests", body)
+        result: dict[str, Any] = await self._ok(
+            "POST", "/api/v1/signature-requests", body
+        )
         return result
 
     async def get(self, request_id: str, *, wait: float = 0) -> dict[str, Any]:
@@ -103,7 +112,9 @@ class RelyingPartyClient:
         )
         return result
 
-    async def wait_final(self, request_id: str, *, timeout: float = 30) -> dict[str, Any]:
+    async def wait_final(
+        self, request_id: str, *, timeout: float = 30
+    ) -> dict[str, Any]:
         """Long-poll until the request is final or ``timeout`` runs out."""
         remaining = timeout
         deadline = time.monotonic() + timeout

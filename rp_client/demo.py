@@ -55,16 +55,24 @@ def _api_key(home: Path) -> str:
     key_file = home / "demo-api-key"
     if not key_file.exists():
         subprocess.run(
-            [str(BIN / "sigil"), "client", "create", "--name", "Demo Document Portal",
-             "--key-file", str(key_file)],
+            [
+                str(BIN / "sigil"),
+                "client",
+                "create",
+                "--name",
+                "Demo Document Portal",
+                "--key-file",
+                str(key_file),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
     return key_file.read_text(encoding="utf-8").strip()
 
 
-async def _wait_for_line(process: asyncio.subprocess.Process, marker: str,
-                         timeout: float) -> None:
+async def _wait_for_line(
+    process: asyncio.subprocess.Process, marker: str, timeout: float
+) -> None:
     assert process.stdout is not None
     async with asyncio.timeout(timeout):
         while True:
@@ -94,8 +102,9 @@ async def _stop(process: asyncio.subprocess.Process | None) -> None:
         await process.wait()
 
 
-def _verify(chain: list[x509.Certificate], ca: x509.Certificate, signature: bytes,
-            digest: bytes) -> None:
+def _verify(
+    chain: list[x509.Certificate], ca: x509.Certificate, signature: bytes, digest: bytes
+) -> None:
     leaf = chain[0]
     key = leaf.public_key()
     if isinstance(key, ec.EllipticCurvePublicKey):
@@ -110,8 +119,7 @@ def _verify(chain: list[x509.Certificate], ca: x509.Certificate, signature: byte
     ca.verify_directly_issued_by(ca)
 
 
-async def run(document: Path) -> None:
-    home = Path(os.environ.get("SIGIL_HOME", "var")).resolve()
+async def run(document: Path, digest: bytes, home: Path) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, SIGIL_HOME=str(home), PYTHONUNBUFFERED="1")
@@ -119,8 +127,13 @@ async def run(document: Path) -> None:
     try:
         _step(f"starting the server on {url} (embedded SQLite store, SoftHSM2)")
         server = await asyncio.create_subprocess_exec(
-            str(BIN / "sigil"), "serve", "--port", str(port),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+            str(BIN / "sigil"),
+            "serve",
+            "--port",
+            str(port),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
         )
         await _wait_for_line(server, "serving on", 30)
         server_echo = asyncio.create_task(_echo(server))
@@ -136,26 +149,43 @@ async def run(document: Path) -> None:
             codes = home / "demo-codes.txt"
             codes.write_text("", encoding="utf-8")
             phone = await asyncio.create_subprocess_exec(
-                str(BIN / "sigil-phone"), "enrol-and-run", "--server", url,
-                "--state", str(home / "demo-phone.json"), "--force",
-                "--policy", "approve", "--code-file", str(codes),
-                "--count", "1", "--timeout", "60",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                str(BIN / "sigil-phone"),
+                "enrol-and-run",
+                "--server",
+                url,
+                "--state",
+                str(home / "demo-phone.json"),
+                "--force",
+                "--policy",
+                "approve",
+                "--code-file",
+                str(codes),
+                "--count",
+                "1",
+                "--timeout",
+                "60",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
                 env=dict(env, SIGIL_ACTIVATION_CODE=code),
             )
             await _wait_for_line(phone, "enrolled device", 60)
             phone_echo = asyncio.create_task(_echo(phone))
 
-            digest = hashlib.sha256(document.read_bytes()).digest()
-            _step(f"relying app asks for a signature over SHA-256({document.name}) "
-                  f"= {digest.hex()[:16]}...")
+            _step(
+                f"relying app asks for a signature over SHA-256({document.name}) "
+                f"= {digest.hex()[:16]}..."
+            )
             created = await rp.request_signature(
-                user_id=user_id, hashes=[digest],
+                user_id=user_id,
+                hashes=[digest],
                 display_text=f"Sign {document.name} for the demo portal",
             )
             request_id = created["request_id"]
-            print(f"    verification code shown by the relying app: "
-                  f"{created['verification_code']}", flush=True)
+            print(
+                f"    verification code shown by the relying app: "
+                f"{created['verification_code']}",
+                flush=True,
+            )
             with codes.open("a", encoding="utf-8") as f:
                 f.write(f"{request_id} {created['verification_code']}\n")
 
@@ -171,8 +201,10 @@ async def run(document: Path) -> None:
                 raise DemoFailed(f"the phone exited with {phone.returncode}")
 
             _step("verifying the signature and the certificate chain")
-            chain = [x509.load_der_x509_certificate(base64.b64decode(c))
-                     for c in result["certificate_chain"]]
+            chain = [
+                x509.load_der_x509_certificate(base64.b64decode(c))
+                for c in result["certificate_chain"]
+            ]
             ca = x509.load_der_x509_certificate(await rp.ca_certificate())
             signature = base64.b64decode(result["signatures"][0])
             try:
@@ -180,9 +212,7 @@ async def run(document: Path) -> None:
             except InvalidSignature as e:
                 raise DemoFailed("the signature does not verify") from e
             (home / "demo.sig").write_bytes(signature)
-            (home / "demo-signer.pem").write_bytes(
-                chain[0].public_bytes(Encoding.PEM)
-            )
+            (home / "demo-signer.pem").write_bytes(chain[0].public_bytes(Encoding.PEM))
 
         print()
         print(f"  document:   {document} (SHA-256 {digest.hex()})")
@@ -199,11 +229,18 @@ async def run(document: Path) -> None:
 
 def main() -> int:
     document = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    home = Path(os.environ.get("SIGIL_HOME", "var")).resolve()
     started = time.monotonic()
     try:
-        asyncio.run(run(document))
-    except (DemoFailed, ApiFailure, OSError, subprocess.CalledProcessError,
-            TimeoutError) as e:
+        digest = hashlib.sha256(document.read_bytes()).digest()
+        asyncio.run(run(document, digest, home))
+    except (
+        DemoFailed,
+        ApiFailure,
+        OSError,
+        subprocess.CalledProcessError,
+        TimeoutError,
+    ) as e:
         print(f"demo FAILED: {e or type(e).__name__}", file=sys.stderr)
         return 1
     print(f"(demo took {time.monotonic() - started:.1f} s)")

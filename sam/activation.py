@@ -20,8 +20,8 @@ from typing import Any
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
-from hsm import Hsm, HsmError, KeyType, SignMechanism
 from hsm import HashAlg as HsmHashAlg
+from hsm import Hsm, HsmError, KeyType, SignMechanism
 from sam.errors import (
     ActivationError,
     AudienceMismatch,
@@ -140,9 +140,7 @@ class SignatureActivationModule:
         )
         return await self._sign(approved, claims)
 
-    async def verify_and_reject(
-        self, *, request_id: str, sad: str
-    ) -> SignatureRequest:
+    async def verify_and_reject(self, *, request_id: str, sad: str) -> SignatureRequest:
         """Verify a rejecting SAD and move the request to ``rejected``."""
         digest = _sad_digest(sad)
         try:
@@ -283,7 +281,9 @@ class SignatureActivationModule:
 
     # -- activation --------------------------------------------------------
 
-    async def _consume(self, request: SignatureRequest, digest: str) -> SignatureRequest:
+    async def _consume(
+        self, request: SignatureRequest, digest: str
+    ) -> SignatureRequest:
         """Consume the SAD: one atomic pending -> approved move (SAD-4)."""
         approved = await self._store.transition(
             request.request_id,
@@ -320,7 +320,9 @@ class SignatureActivationModule:
                 signatures.append(base64.b64encode(signature).decode("ascii"))
         except (HsmError, ValueError, CredentialUnusable) as e:
             log.warning(
-                "signing failed for request %s: %s", request.request_id, type(e).__name__
+                "signing failed for request %s: %s",
+                request.request_id,
+                type(e).__name__,
             )
             await self._store.transition(
                 request.request_id,

@@ -104,7 +104,10 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
             await service.recover()
             sweeper = asyncio.create_task(_sweep_forever(service))
             await parts.store.append_audit(
-                time=_now(), event="server.start", actor="server", subject="server",
+                time=_now(),
+                event="server.start",
+                actor="server",
+                subject="server",
                 outcome="success",
             )
             try:
@@ -115,7 +118,10 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
                     await sweeper
                 await service.close()
                 await parts.store.append_audit(
-                    time=_now(), event="server.stop", actor="server", subject="server",
+                    time=_now(),
+                    event="server.stop",
+                    actor="server",
+                    subject="server",
                     outcome="success",
                 )
 

@@ -95,7 +95,9 @@ class DeviceAuthenticator:
         except (JoseError, ValueError, UnicodeError) as e:
             raise _unauthorized("the device signature is not a compact JWS") from e
         if header.get("alg") != "ES256" or header.get("typ") != CALL_TYPE:
-            raise _unauthorized(f"the device signature must be ES256 of typ {CALL_TYPE}")
+            raise _unauthorized(
+                f"the device signature must be ES256 of typ {CALL_TYPE}"
+            )
 
         device: Device | None = None
         if enrolment:

@@ -16,7 +16,7 @@ import os
 import secrets
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from server.config import CONFIG_NAME, ConfigError, Settings, load_settings
 from store import (
     ActivationCode,
+    AuditRecord,
     Client,
     DeviceStatus,
     RequestState,
@@ -42,7 +43,7 @@ __all__ = ["main"]
 
 log = logging.getLogger(__name__)
 
-Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
 
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -54,7 +55,8 @@ def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None
     for row in rows:
         print(
             "  ".join(
-                str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True)
+                str(row.get(c, "")).ljust(w)
+                for c, w in zip(columns, widths, strict=True)
             )
         )
 
@@ -113,7 +115,6 @@ def _write_config(home: Path, *, softhsm: bool) -> None:
 
 
 async def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
-    from hsm import Hsm
     from hsm.softhsm import init_softhsm_token
     from server.app import open_parts
     from server.ca import ensure_ca
@@ -154,7 +155,6 @@ async def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
         )
     finally:
         await parts.close()
-    _ = Hsm  # imported for its side effect of failing early if missing
     print(f"initialised {home}")
     return 0
 
@@ -228,7 +228,10 @@ async def cmd_client_list(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await store.close()
     _print_table(
-        [{"client_id": c.client_id, "name": c.name, "created": c.created_at} for c in clients],
+        [
+            {"client_id": c.client_id, "name": c.name, "created": c.created_at}
+            for c in clients
+        ],
         ["client_id", "name", "created"],
     )
     return 0
@@ -374,7 +377,9 @@ async def cmd_credential_list(args: argparse.Namespace, settings: Settings) -> i
                 "not_after": cert.not_valid_after_utc.date().isoformat(),
             }
         )
-    _print_table(rows, ["credential_id", "user_id", "key", "status", "subject", "not_after"])
+    _print_table(
+        rows, ["credential_id", "user_id", "key", "status", "subject", "not_after"]
+    )
     return 0
 
 
@@ -382,7 +387,9 @@ async def cmd_request_list(args: argparse.Namespace, settings: Settings) -> int:
     store = await _with_store(settings)
     try:
         states = [RequestState(args.state)] if args.state else None
-        found = await store.list_requests(user_id=args.user, states=states, limit=args.limit)
+        found = await store.list_requests(
+            user_id=args.user, states=states, limit=args.limit
+        )
     finally:
         await store.close()
     _print_table(
@@ -407,7 +414,7 @@ async def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
 
     store = await _with_store(settings)
     try:
-        records = []
+        records: list[AuditRecord] = []
         after = 0
         while True:
             page = await store.audit_records(after_seq=after, limit=1000)
@@ -509,7 +516,9 @@ def verify_signature_file(
             key.verify(sig, data, ec.ECDSA(algorithm))
         elif isinstance(key, rsa.RSAPublicKey):
             pad: padding.AsymmetricPadding = (
-                padding.PSS(mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size)
+                padding.PSS(
+                    mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size
+                )
                 if pss
                 else padding.PKCS1v15()
             )

@@ -32,7 +32,7 @@ class Settings:
     audience: str = "sigil"
     store: str = ""
     pkcs11_module: str = DEFAULT_MODULE
-    token_label: str = "sigil"
+    token_label: str = "sigil"  # noqa: S105 - a label, not a secret
     hsm_pin: str = field(default="", repr=False)
     softhsm2_conf: str | None = None
     hsm_pool_size: int = 4

@@ -103,8 +103,12 @@ async def approve(request: web.Request) -> web.Response:
     raw = await request.read()
     device = await _device(request, raw)
     body = parse_json(raw, "sad")
-    signed = await service.approve(request.match_info["request_id"], body["sad"], device)
-    return web.json_response({"request_id": signed.request_id, "state": str(signed.state)})
+    signed = await service.approve(
+        request.match_info["request_id"], body["sad"], device
+    )
+    return web.json_response(
+        {"request_id": signed.request_id, "state": str(signed.state)}
+    )
 
 
 @routes.post("/device/v1/requests/{request_id}/reject")
@@ -113,7 +117,9 @@ async def reject(request: web.Request) -> web.Response:
     raw = await request.read()
     device = await _device(request, raw)
     body = parse_json(raw, "sad")
-    rejected = await service.reject(request.match_info["request_id"], body["sad"], device)
+    rejected = await service.reject(
+        request.match_info["request_id"], body["sad"], device
+    )
     return web.json_response(
         {"request_id": rejected.request_id, "state": str(rejected.state)}
     )

@@ -71,7 +71,9 @@ def json_error(
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def error_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as e:
@@ -90,13 +92,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        if e.status == 413:
-            description = "the request body is too large"
-        else:
-            description = e.reason
+        too_large = e.status == 413
+        description = "the request body is too large" if too_large else e.reason
         error = _STATUS_ERROR.get(e.status, "invalid_request")
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
         return json_error(e.status, error, description, headers)
     except Exception:
-        log.exception("unexpected error while serving %s %s", request.method, request.path)
+        log.exception(
+            "unexpected error while serving %s %s", request.method, request.path
+        )
         return json_error(500, "server_error", "an internal error occurred")

@@ -144,7 +144,9 @@ class PushSender:
                 return False
             status = response.status
             if status in (200, 201, 202):
-                log.debug("pushed request %s to %s", request.request_id, device.device_id)
+                log.debug(
+                    "pushed request %s to %s", request.request_id, device.device_id
+                )
                 return True
             if status in (404, 410):
                 # The subscription is gone for good (RFC 8030, 7.3).
@@ -156,7 +158,11 @@ class PushSender:
                     subject=f"device:{device.device_id}",
                     outcome=f"push_status:{status}",
                 )
-                log.info("device %s: push subscription removed (%s)", device.device_id, status)
+                log.info(
+                    "device %s: push subscription removed (%s)",
+                    device.device_id,
+                    status,
+                )
                 return False
             if status == 429 and attempt == 0:
                 delay = _retry_after(response.headers.get("Retry-After"))

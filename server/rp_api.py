@@ -67,7 +67,9 @@ async def get_request(request: web.Request) -> web.Response:
     try:
         wait = float(raw_wait)
     except ValueError as e:
-        raise ApiError(400, "invalid_request", "wait must be a number of seconds") from e
+        raise ApiError(
+            400, "invalid_request", "wait must be a number of seconds"
+        ) from e
     if not 0 <= wait <= service.settings.long_poll_max:
         raise ApiError(
             400,

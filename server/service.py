@@ -137,7 +137,9 @@ class Service:
         """Register a device whose key signed the enrolment (proof of possession)."""
         now = utcnow()
         if not await self.store.take_challenge(body["challenge"], now=now):
-            raise ApiError(400, "invalid_challenge", "the challenge is unknown or expired")
+            raise ApiError(
+                400, "invalid_challenge", "the challenge is unknown or expired"
+            )
         if await self.store.get_device(device_id) is not None:
             raise ApiError(409, "device_exists", "this device key is already enrolled")
         code = await self.store.consume_activation_code(
@@ -167,7 +169,9 @@ class Service:
         try:
             await self.store.add_device(device)
         except DuplicateError as e:
-            raise ApiError(409, "device_exists", "this device key is already enrolled") from e
+            raise ApiError(
+                409, "device_exists", "this device key is already enrolled"
+            ) from e
         await self._audit(
             "device.enrolled", f"device:{device_id}", f"user:{user.user_id}", "success"
         )
@@ -192,7 +196,9 @@ class Service:
         except (HsmError, InvalidCsr, ValueError) as e:
             await self.hsm.destroy_key(key.key_id)
             log.warning("credential for user %s not made: %s", user.user_id, e)
-            raise ApiError(500, "server_error", "the signing key could not be made") from e
+            raise ApiError(
+                500, "server_error", "the signing key could not be made"
+            ) from e
         credential = Credential(
             credential_id=str(uuid.uuid4()),
             user_id=user.user_id,
@@ -324,7 +330,10 @@ class Service:
             if moved is not None:
                 self.watch.changed(request.request_id)
                 await self._audit(
-                    "request.expired", "server", f"request:{request.request_id}", "success"
+                    "request.expired",
+                    "server",
+                    f"request:{request.request_id}",
+                    "success",
                 )
                 return moved
             fresh = await self.store.get_request(request.request_id)
@@ -332,7 +341,11 @@ class Service:
         return request
 
     async def visible_request(
-        self, request_id: str, *, client_id: str | None = None, user_id: str | None = None
+        self,
+        request_id: str,
+        *,
+        client_id: str | None = None,
+        user_id: str | None = None,
     ) -> SignatureRequest:
         request = await self.store.get_request(request_id)
         if (
@@ -343,7 +356,10 @@ class Service:
             raise ApiError(404, "not_found", "no such signature request")
         request = await self.current(request)
         retention = timedelta(seconds=self.settings.finished_retention)
-        if request.finished_at is not None and request.finished_at + retention <= utcnow():
+        if (
+            request.finished_at is not None
+            and request.finished_at + retention <= utcnow()
+        ):
             raise ApiError(404, "not_found", "no such signature request")
         return request
 
@@ -381,18 +397,25 @@ class Service:
             )
         self.watch.changed(request_id)
         await self._audit(
-            "request.cancelled", f"client:{client.client_id}", f"request:{request_id}", "success"
+            "request.cancelled",
+            f"client:{client.client_id}",
+            f"request:{request_id}",
+            "success",
         )
         return moved
 
-    async def approve(self, request_id: str, sad: str, device: Device) -> SignatureRequest:
+    async def approve(
+        self, request_id: str, sad: str, device: Device
+    ) -> SignatureRequest:
         await self.visible_request(request_id, user_id=device.user_id)
         try:
             return await self.sam.verify_and_sign(request_id=request_id, sad=sad)
         finally:
             self.watch.changed(request_id)
 
-    async def reject(self, request_id: str, sad: str, device: Device) -> SignatureRequest:
+    async def reject(
+        self, request_id: str, sad: str, device: Device
+    ) -> SignatureRequest:
         await self.visible_request(request_id, user_id=device.user_id)
         try:
             return await self.sam.verify_and_reject(request_id=request_id, sad=sad)
@@ -417,7 +440,9 @@ class Service:
         now = utcnow()
         for request_id in await self.store.expire_due(now=now):
             self.watch.changed(request_id)
-            await self._audit("request.expired", "server", f"request:{request_id}", "success")
+            await self._audit(
+                "request.expired", "server", f"request:{request_id}", "success"
+            )
         retention = timedelta(seconds=self.settings.finished_retention)
         await self.store.purge_finished(before=now - retention)
 
@@ -427,8 +452,12 @@ class Service:
         for request_id in await self.store.fail_stale_approved(
             before=now - STALE_APPROVAL, now=now
         ):
-            log.warning("request %s was cut off while signing; marked failed", request_id)
-            await self._audit("request.failed", "server", f"request:{request_id}", "crash")
+            log.warning(
+                "request %s was cut off while signing; marked failed", request_id
+            )
+            await self._audit(
+                "request.failed", "server", f"request:{request_id}", "crash"
+            )
 
     async def _audit(
         self,

@@ -27,7 +27,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "additionalProperties": False,
         "required": ["display_name"],
         "properties": {
-            "user_id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": _ID},
+            "user_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 64,
+                "pattern": _ID,
+            },
             "display_name": {"type": "string", "minLength": 1, "maxLength": 200},
             "key_algorithm": {
                 "type": "string",
@@ -86,7 +91,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                                 "maxLength": 128,
                                 "pattern": _B64URL,
                             },
-                            "auth": {"type": "string", "maxLength": 64, "pattern": _B64URL},
+                            "auth": {
+                                "type": "string",
+                                "maxLength": 64,
+                                "pattern": _B64URL,
+                            },
                         },
                     },
                 },
@@ -128,7 +137,7 @@ def _describe(error: ValidationError) -> str:
         return f"{where} has a field that is not allowed"
     if error.validator == "type":
         return f"{where} must be of type {error.validator_value}"
-    if error.validator == "oneOf" and error.validator_value:
+    if error.validator == "oneOf" and isinstance(error.validator_value, list):
         names = [sorted(s.get("required", [])) for s in error.validator_value]
         return f"{where} must name exactly one of " + " or ".join(
             "/".join(n) for n in names

@@ -69,6 +69,10 @@ __all__ = ["SqliteStore"]
 
 logger = logging.getLogger(__name__)
 
+# aiosqlite logs every statement with its parameters at DEBUG, and those
+# parameters include request nonces and signatures (SAD-6): keep it quiet.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
+
 # Expired single-use values, challenges and activation codes are deleted
 # once every this many use_once() calls.
 PURGE_EVERY = 256

@@ -21,8 +21,8 @@ from server.app import Parts, create_app
 from server.auth import api_key_hash, new_api_key
 from server.ca import ensure_ca
 from server.config import Settings
-from server.state import SERVICE
 from server.service import Service
+from server.state import SERVICE
 from store import Client, Store
 from store.sqlite import SqliteStore
 

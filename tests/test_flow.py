@@ -18,7 +18,10 @@ from tests.conftest_server import EnrolFactory, Sigil, sha256
 
 
 def _verify(
-    cert: x509.Certificate, signature: bytes, digest: bytes, algorithm: hashes.HashAlgorithm
+    cert: x509.Certificate,
+    signature: bytes,
+    digest: bytes,
+    algorithm: hashes.HashAlgorithm,
 ) -> None:
     key = cert.public_key()
     if isinstance(key, ec.EllipticCurvePublicKey):
@@ -29,7 +32,11 @@ def _verify(
 
 
 async def _sign(
-    sigil: Sigil, enrol: EnrolFactory, *, key_algorithm: str, documents: list[bytes],
+    sigil: Sigil,
+    enrol: EnrolFactory,
+    *,
+    key_algorithm: str,
+    documents: list[bytes],
     hash_algorithm: str = "SHA-256",
 ) -> tuple[dict[str, object], list[bytes]]:
     user = await enrol(key_algorithm=key_algorithm)
@@ -64,9 +71,7 @@ async def test_whole_flow_signs_one_hash_and_chains_to_the_development_ca(
         for c in result["certificate_chain"]  # type: ignore[union-attr]
     ]
     leaf, ca = chain
-    assert ca.public_bytes(
-        serialization_der()
-    ) == await sigil.rp.ca_certificate()
+    assert ca.public_bytes(serialization_der()) == await sigil.rp.ca_certificate()
     leaf.verify_directly_issued_by(ca)
     (signature,) = result["signatures"]  # type: ignore[misc]
     _verify(leaf, base64.b64decode(signature), digests[0], hashes.SHA256())
@@ -130,7 +135,9 @@ async def test_p384_credential_signs_sha384_hashes(
     leaf = x509.load_der_x509_certificate(
         base64.b64decode(result["certificate_chain"][0])  # type: ignore[index]
     )
-    _verify(leaf, base64.b64decode(result["signatures"][0]), digests[0], hashes.SHA384())  # type: ignore[index]
+    _verify(
+        leaf, base64.b64decode(result["signatures"][0]), digests[0], hashes.SHA384()
+    )  # type: ignore[index]
     assert result["signature_algorithm"] == "1.2.840.10045.4.3.3"
 
 
@@ -303,8 +310,13 @@ async def test_every_step_leaves_a_valid_audit_chain_aud3(
     events = [r.event for r in records]
 
     assert verify_chain(records).ok
-    for event in ("device.enrolled", "key.generated", "request.created",
-                  "sad.accepted", "key.use"):
+    for event in (
+        "device.enrolled",
+        "key.generated",
+        "request.created",
+        "sad.accepted",
+        "key.use",
+    ):
         assert event in events
     dumped = json.dumps([r.details for r in records])
     assert "activation_code" not in dumped

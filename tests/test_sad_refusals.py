@@ -58,12 +58,19 @@ async def test_replayed_sad_is_refused_sad4(sigil: Sigil, enrol: EnrolFactory) -
     assert status == 200
 
     await _assert_refused(
-        sigil, user.phone, created["request_id"], sad, status=409, error="sad_already_used"
+        sigil,
+        user.phone,
+        created["request_id"],
+        sad,
+        status=409,
+        error="sad_already_used",
     )
     assert (await sigil.rp.get(created["request_id"]))["state"] == "signed"
 
 
-async def test_sad_with_a_hash_added_is_refused(sigil: Sigil, enrol: EnrolFactory) -> None:
+async def test_sad_with_a_hash_added_is_refused(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
     user = await enrol(policy=Policy.SILENT)
     created, details = await _pending(sigil, user, n=2)
     extra = details["hashes"] + [details["hashes"][0]]
@@ -178,7 +185,12 @@ async def test_sad_made_for_another_request_is_refused(
     sad = user.phone.make_sad(second_details, vc=second["verification_code"])
 
     await _assert_refused(
-        sigil, user.phone, first["request_id"], sad, status=400, error="request_mismatch"
+        sigil,
+        user.phone,
+        first["request_id"],
+        sad,
+        status=400,
+        error="request_mismatch",
     )
 
 
@@ -219,7 +231,10 @@ async def test_expired_sad_is_refused(sigil: Sigil, enrol: EnrolFactory) -> None
     user = await enrol(policy=Policy.SILENT)
     created, details = await _pending(sigil, user)
     sad = user.phone.make_sad(
-        details, vc=created["verification_code"], iat=int(time.time()) - 200, lifetime=100
+        details,
+        vc=created["verification_code"],
+        iat=int(time.time()) - 200,
+        lifetime=100,
     )
     await _assert_refused(
         sigil, user.phone, created["request_id"], sad, status=400, error="sad_expired"
@@ -248,11 +263,18 @@ async def test_sad_for_another_audience_is_refused(
         details, vc=created["verification_code"], overrides={"aud": "other-server"}
     )
     await _assert_refused(
-        sigil, user.phone, created["request_id"], sad, status=400, error="audience_mismatch"
+        sigil,
+        user.phone,
+        created["request_id"],
+        sad,
+        status=400,
+        error="audience_mismatch",
     )
 
 
-async def test_sad_missing_a_claim_is_refused(sigil: Sigil, enrol: EnrolFactory) -> None:
+async def test_sad_missing_a_claim_is_refused(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
     user = await enrol(policy=Policy.SILENT)
     created, details = await _pending(sigil, user)
     sad = user.phone.make_sad(
@@ -272,7 +294,12 @@ async def test_sad_from_an_unknown_device_is_refused(
     assert stranger.device_id != user.phone.device_id
     sad = stranger.make_sad(details, vc=created["verification_code"])
     await _assert_refused(
-        sigil, user.phone, created["request_id"], sad, status=403, error="unknown_device"
+        sigil,
+        user.phone,
+        created["request_id"],
+        sad,
+        status=403,
+        error="unknown_device",
     )
 
 
@@ -293,7 +320,12 @@ async def test_sad_from_a_revoked_device_is_refused(
         assert (status, body["error"]) == (403, "device_revoked")
     # ... and its SAD carried by another phone is refused by the SAM.
     await _assert_refused(
-        sigil, user.phone, created["request_id"], sad, status=403, error="device_revoked"
+        sigil,
+        user.phone,
+        created["request_id"],
+        sad,
+        status=403,
+        error="device_revoked",
     )
 
 
@@ -315,11 +347,18 @@ async def test_badly_signed_sad_is_refused(sigil: Sigil, enrol: EnrolFactory) ->
     )
 
 
-async def test_sad_that_is_not_a_jws_is_refused(sigil: Sigil, enrol: EnrolFactory) -> None:
+async def test_sad_that_is_not_a_jws_is_refused(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
     user = await enrol(policy=Policy.SILENT)
     created, _ = await _pending(sigil, user)
     await _assert_refused(
-        sigil, user.phone, created["request_id"], "not.a.jws", status=400, error="invalid_sad"
+        sigil,
+        user.phone,
+        created["request_id"],
+        "not.a.jws",
+        status=400,
+        error="invalid_sad",
     )
 
 

@@ -1,0 +1,119 @@
+"""Crash recovery, retention and the housekeeping of requests (STATE-1,
+STATE-3)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mobile_stub import Policy
+from store import RequestState
+from tests.conftest_server import EnrolFactory, Sigil, sha256
+
+
+async def test_request_cut_off_while_signing_is_failed_on_recovery_state3(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+    created = await sigil.rp.request_signature(
+        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
+    )
+    rid = created["request_id"]
+    # A crash right after the SAD was consumed: approved, never signed.
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    moved = await sigil.store.transition(
+        rid,
+        from_states=(RequestState.PENDING,),
+        to_state=RequestState.APPROVED,
+        now=long_ago,
+        updates={"sad_digest": "0" * 64},
+    )
+    assert moved is not None
+
+    await sigil.service.recover()
+
+    result = await sigil.rp.get(rid)
+    assert result["state"] == "failed"
+    assert "signatures" not in result
+    details = await user.phone.fetch(rid)
+    sad = user.phone.make_sad(details, vc=created["verification_code"])
+    status, body = await user.phone.approve(rid, sad)
+    assert (status, body["error"]) == (409, "request_not_pending")
+
+
+async def test_recent_approval_is_left_alone_by_recovery(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+    created = await sigil.rp.request_signature(
+        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
+    )
+    await sigil.store.transition(
+        created["request_id"],
+        from_states=(RequestState.PENDING,),
+        to_state=RequestState.APPROVED,
+        now=datetime.now(UTC),
+    )
+
+    await sigil.service.recover()
+
+    assert (await sigil.rp.get(created["request_id"]))["state"] == "approved"
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"finished_retention": 1, "min_ttl": 1}]
+)
+async def test_finished_request_answers_404_after_retention(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+    created = await sigil.rp.request_signature(
+        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
+    )
+    rid = created["request_id"]
+    await sigil.rp.cancel(rid)
+    assert (await sigil.rp.get(rid))["state"] == "cancelled"
+
+    await asyncio.sleep(1.2)
+    status, body = await sigil.rp.call("GET", f"/api/v1/signature-requests/{rid}")
+
+    assert (status, body["error"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"min_ttl": 1}])
+async def test_sweeper_expires_requests_nobody_reads(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+    created = await sigil.rp.request_signature(
+        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?", ttl_seconds=1
+    )
+
+    await asyncio.sleep(2.5)
+    stored = await sigil.store.get_request(created["request_id"])
+
+    assert stored is not None and stored.state is RequestState.EXPIRED
+    events = [r.event for r in await sigil.store.audit_records()]
+    assert "request.expired" in events
+
+
+async def test_device_sees_only_its_users_pending_requests(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    alice = await enrol(policy=Policy.SILENT)
+    bob = await enrol(policy=Policy.SILENT)
+    created = await sigil.rp.request_signature(
+        user_id=alice.user_id, hashes=[sha256(b"x")], display_text="Sign?"
+    )
+
+    alice_sees = await alice.phone.pending_request_ids()
+    bob_sees = await bob.phone.pending_request_ids()
+    status, body = await bob.phone.call(
+        "GET", f"/device/v1/requests/{created['request_id']}"
+    )
+
+    assert list(alice_sees) == [created["request_id"]]
+    assert list(bob_sees) == []
+    assert (status, body["error"]) == (404, "not_found")
