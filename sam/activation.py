@@ -129,7 +129,7 @@ class SignatureActivationModule:
                 raise WrongVerificationCode("the verification code picked is wrong")
             approved = await self._consume(request, digest)
         except ActivationError as e:
-            await self._refused(request_id=request_id, sad_digest=digest, error=e)
+            await self._refused(request_id=request_id, sad=sad, error=e)
             raise
         await self._audit(
             "sad.accepted",
@@ -158,7 +158,7 @@ class SignatureActivationModule:
             if rejected is None:
                 raise await self._lost_race(request_id)
         except ActivationError as e:
-            await self._refused(request_id=request_id, sad_digest=digest, error=e)
+            await self._refused(request_id=request_id, sad=sad, error=e)
             raise
         await self._audit(
             "request.rejected",
@@ -363,12 +363,18 @@ class SignatureActivationModule:
     # -- audit ---------------------------------------------------------------
 
     async def _refused(
-        self, *, request_id: str, sad_digest: str, error: ActivationError
+        self, *, request_id: str, sad: str, error: ActivationError
     ) -> None:
+        sad_digest = _sad_digest(sad)
         log.info("SAD refused for request %s: %s", request_id, error.code)
+        try:
+            # The kid is only claimed: the signature may not have held.
+            actor = f"device:{read_header(sad).device_id}"
+        except MalformedSad:
+            actor = "device:unknown"
         await self._audit(
             "sad.refused",
-            actor="device",
+            actor=actor,
             subject=f"request:{request_id}",
             outcome=f"refused:{error.code}",
             details={"sad_sha256": sad_digest},

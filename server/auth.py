@@ -52,9 +52,9 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _unauthorized(description: str) -> ApiError:
+def _unauthorized(description: str, scheme: str = "Device") -> ApiError:
     return ApiError(
-        401, "unauthorized", description, headers={"WWW-Authenticate": "Bearer"}
+        401, "unauthorized", description, headers={"WWW-Authenticate": scheme}
     )
 
 
@@ -63,10 +63,12 @@ async def authenticate_client(request: web.Request, store: Store) -> Client:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise _unauthorized("an API key is required: Authorization: Bearer <key>")
+        raise _unauthorized(
+            "an API key is required: Authorization: Bearer <key>", "Bearer"
+        )
     client = await store.client_by_key_hash(api_key_hash(key.strip()))
     if client is None:
-        raise _unauthorized("the API key is not valid")
+        raise _unauthorized("the API key is not valid", "Bearer")
     return client
 
 

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 # Written to ``error`` when crash recovery fails an approved request (STATE-3).
-STALE_APPROVAL_ERROR = "approved request was not signed in time"
+STALE_APPROVAL_ERROR = "signing_interrupted"
 
 UPDATABLE_FIELDS = frozenset({"signatures", "sad_digest", "error"})
 

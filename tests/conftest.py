@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.conftest_store", "tests.conftest_hsm", "tests.conftest_server"]
+pytest_plugins = [
+    "tests.conftest_loop",
+    "tests.conftest_store",
+    "tests.conftest_hsm",
+    "tests.conftest_server",
+]
