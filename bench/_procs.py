@@ -181,7 +181,7 @@ class Child:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(self._reader, 5)
         return process.returncode
 

@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench._machine import CpuLedger, describe
 from bench._procs import BENCH_ROOT, ChildFailed
 from bench._report import Plan, Row, detail, progress, summary_table
 
@@ -40,29 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="run the HTTP phase's server under cProfile and write "
-        "build/bench-server.prof and build/bench-server-profile.txt "
-        "(throughput is lower while profiling)",
+        help="also profile with cProfile: an extra SAM pass "
+        "(build/bench-sam.prof, build/bench-sam-profile.txt) and the HTTP "
+        "phase's server (build/bench-server.prof, "
+        "build/bench-server-profile.txt); HTTP figures are lower then",
     )
     return parser
 
 
 async def _run(phases: Sequence[str], plan: Plan, profile: bool) -> list[Row]:
     rows: list[Row] = []
+    profile_dir = BENCH_ROOT / "build" if profile else None
     with tempfile.TemporaryDirectory(prefix="sigil-bench-") as tmp:
         directory = Path(tmp)
         if "hsm" in phases or "sam" in phases:
-            rows += await _hsm_and_sam(phases, plan, directory)
+            rows += await _hsm_and_sam(phases, plan, directory, profile_dir)
         if "http" in phases:
             from bench import http_phase
 
-            profile_dir = BENCH_ROOT / "build" if profile else None
             result = await http_phase.run(plan, directory / "http", profile_dir)
             rows += result.rows
     return rows
 
 
-async def _hsm_and_sam(phases: Sequence[str], plan: Plan, directory: Path) -> list[Row]:
+async def _hsm_and_sam(
+    phases: Sequence[str], plan: Plan, directory: Path, profile_dir: Path | None
+) -> list[Row]:
     # SoftHSM must see SOFTHSM2_CONF before the module loads: make the token
     # first, then import the modules that load python-pkcs11's library.
     from bench import hsm_phase
@@ -87,7 +91,7 @@ async def _hsm_and_sam(phases: Sequence[str], plan: Plan, directory: Path) -> li
                 progress("sam: raw PKCS#11 signing rate for the ceiling (1 s)")
                 key = await hsm.generate_key(KeyType.EC_P256, label="bench-raw")
                 raw_rate = await hsm_phase.measure_raw(config, key, 1.0)
-            sam = await sam_phase.run(hsm, raw_rate, plan, directory)
+            sam = await sam_phase.run(hsm, raw_rate, plan, directory, profile_dir)
             rows += sam.rows
     finally:
         await hsm.close()
@@ -104,6 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         async with asyncio.timeout(limit):
             return await _run(phases, plan, args.profile)
 
+    detail(describe())
+    detail(
+        f"plan: {'quick smoke run' if plan.quick else 'full run'}, {', '.join(phases)}"
+    )
+    detail("")
+    ledger = CpuLedger.start()
     try:
         rows = asyncio.run(bounded())
     except TimeoutError:
@@ -115,4 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     detail(summary_table(rows))
+    detail("")
+    detail(ledger.report())
     return 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pkcs11
 from pkcs11 import Mechanism, ObjectClass
+from pkcs11.types import SignMixin
 
 from bench._report import Plan, Row, detail, format_rate, progress
 from hsm import HashAlg, Hsm, HsmConfig, KeyHandle, KeyType, SignMechanism
@@ -27,7 +28,7 @@ from hsm.softhsm import find_softhsm_module, init_softhsm_token
 
 __all__ = ["HsmResult", "make_token", "measure_raw", "run"]
 
-_TOKEN_LABEL = "sigil-bench"
+_SOFTHSM_LABEL = "sigil-bench"
 # Most signatures one measurement makes, whatever its time budget.
 _MAX_SIGNATURES = 200_000
 
@@ -49,12 +50,12 @@ def make_token(directory: Path) -> HsmConfig:
     """
     pin = secrets.token_hex(8)
     conf = init_softhsm_token(
-        directory, label=_TOKEN_LABEL, so_pin=secrets.token_hex(8), user_pin=pin
+        directory, label=_SOFTHSM_LABEL, so_pin=secrets.token_hex(8), user_pin=pin
     )
     os.environ["SOFTHSM2_CONF"] = str(conf)
     return HsmConfig(
         module_path=find_softhsm_module(),
-        token_label=_TOKEN_LABEL,
+        token_label=_SOFTHSM_LABEL,
         pin=pin,
         pool_size=4,
     )
@@ -76,6 +77,8 @@ def _raw_loop(config: HsmConfig, key_id: str, seconds: float) -> tuple[int, floa
             key = session.get_key(
                 object_class=ObjectClass.PRIVATE_KEY, id=bytes.fromhex(key_id)
             )
+            if not isinstance(key, SignMixin):
+                raise TypeError("the bench key cannot sign")
             key.sign(digest, mechanism=Mechanism.ECDSA)  # warm up
             count = 0
             started = time.perf_counter()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,6 @@ async def _drive(
 
 
 async def _sigil(plan: Plan, home: Path, profile_dir: Path | None) -> LoadResult:
-    home.mkdir(parents=True, exist_ok=True)
     env = child_env(SIGIL_HOME=str(home))
     progress("http: sigil init in a temporary home (token, CA, VAPID key)")
     await _tool([str(BIN / "sigil"), "init"], env, "sigil init")
@@ -220,20 +220,31 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _report(result: LoadResult, label: str, unit: str) -> None:
+def _report(result: LoadResult, label: str, unit: str, seconds: float) -> None:
     detail(
-        f"  {label:<28} {result.rate:8.0f} {unit}/s  "
-        f"p50 {_ms(result.p50)}  p95 {_ms(result.p95)}  p99 {_ms(result.p99)}"
+        f"  {label:<20} {result.rate:7.0f} {unit}/s   p50 {_ms(result.p50)}   "
+        f"p95 {_ms(result.p95)}   p99 {_ms(result.p99)}"
     )
     errors = ", ".join(f"{k} {v}" for k, v in result.errors.items()) or "none"
     detail(
-        f"  {'':<28} {result.completed} in the window, {result.failures} failed "
-        f"(errors: {errors})"
+        f"      {result.completed} completed in the {seconds:g} s window, "
+        f"{result.failures} failed (errors: {errors})"
     )
     detail(
-        f"  {'':<28} CPU cores busy: server {_share(result.server_cores)}, "
+        f"      CPU cores busy: server {_share(result.server_cores)}, "
         f"load generator {_share(result.loadgen_cores)}"
     )
+    if result.loadgen_cores is not None and result.loadgen_cores > 0.9:
+        detail(
+            "      the load generator was saturated: this rate is a lower bound "
+            "of what the server can do"
+        )
+
+
+def _per_tx(cores: float | None, result: LoadResult, seconds: float) -> float | None:
+    if cores is None or not result.completed:
+        return None
+    return cores * seconds / result.completed
 
 
 async def run(plan: Plan, home: Path, profile_dir: Path | None) -> HttpResult:
@@ -245,14 +256,18 @@ async def run(plan: Plan, home: Path, profile_dir: Path | None) -> HttpResult:
     detail(f"== http: loopback, {plan.phones} concurrent loops, real server process")
     if profile_dir is not None:
         detail("  (server under cProfile: rates are lower than in a plain run)")
-    _report(sigil, "sigil transactions", "tx")
-    _report(bare, "bare aiohttp GET", "req")
-    if sigil.server_cores and sigil.completed:
-        per_tx = sigil.server_cores * plan.http_seconds / sigil.completed
-        detail(f"  server CPU per transaction: {per_tx * 1e3:.2f} ms")
-    if sigil.loadgen_cores and sigil.completed:
-        per_tx = sigil.loadgen_cores * plan.http_seconds / sigil.completed
-        detail(f"  load generator CPU per transaction: {per_tx * 1e3:.2f} ms")
+    _report(sigil, "sigil transactions", "tx", plan.http_seconds)
+    _report(bare, "bare aiohttp GET", "req", plan.http_seconds)
+    server_tx = _per_tx(sigil.server_cores, sigil, plan.http_seconds)
+    loadgen_tx = _per_tx(sigil.loadgen_cores, sigil, plan.http_seconds)
+    if server_tx is not None and loadgen_tx is not None:
+        cores = os.cpu_count() or 1
+        detail(
+            f"  CPU per transaction: server {server_tx * 1e3:.2f} ms, "
+            f"load generator {loadgen_tx * 1e3:.2f} ms; one core bounds the "
+            f"server at {1 / server_tx:.0f} tx/s, and {cores} cores shared by "
+            f"both at {cores / (server_tx + loadgen_tx):.0f} tx/s"
+        )
     rss = sigil.server_peak_rss_kib
     if rss is not None:
         detail(f"  sigil serve peak RSS (VmHWM): {rss / 1024:.1f} MiB")

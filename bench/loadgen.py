@@ -193,7 +193,7 @@ def _result(mode: str, window: _Window, extra: dict[str, Any]) -> dict[str, Any]
 
 
 async def _sigil(args: argparse.Namespace, warnings: _CappedHandler) -> dict[str, Any]:
-    api_key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+    api_key: str = args.api_key
     board = CodeBoard()
     suffix = secrets.token_hex(3)
     timeout = aiohttp.ClientTimeout(total=_TRANSACTION_LIMIT + 10)
@@ -289,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "sigil" and not args.api_key_file:
         print("error: sigil mode needs --api-key-file", file=sys.stderr)
         return 2
+    if args.api_key_file:
+        args.api_key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
     warnings = _CappedHandler()
     logging.basicConfig(level=logging.WARNING, handlers=[warnings])
     run = _sigil if args.mode == "sigil" else _bare

@@ -11,29 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import io
 import logging
-import pstats
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench._profiling import write_profile
 from server.cli import cmd_serve
 from server.config import load_settings
 
-__all__ = ["main", "write_summary"]
-
-_TOP = 45
-
-
-def write_summary(profiler: cProfile.Profile, path: Path, title: str) -> None:
-    """The top functions by own and by cumulative time, as text."""
-    out = io.StringIO()
-    out.write(f"{title}\n\n")
-    for key in ("tottime", "cumulative"):
-        out.write(f"==== sorted by {key}\n")
-        stats = pstats.Stats(profiler, stream=out)
-        stats.strip_dirs().sort_stats(key).print_stats(_TOP)
-    path.write_text(out.getvalue(), encoding="utf-8")
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,8 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     settings = load_settings()
     serve_args = argparse.Namespace(host="127.0.0.1", port=args.port)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     profiler = cProfile.Profile()
     profiler.enable()
@@ -57,11 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = asyncio.run(cmd_serve(serve_args, settings))
     finally:
         profiler.disable()
-        profiler.dump_stats(f"{out}.prof")
-        write_summary(
+        write_profile(
             profiler,
-            Path(f"{out}-profile.txt"),
-            "sigil serve under cProfile during python -m bench --profile",
+            Path(args.out),
+            "sigil serve under cProfile, event loop thread, python -m bench --profile",
         )
     return status
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import cProfile
 import hashlib
 import secrets
 import time
@@ -29,6 +30,7 @@ from typing import Any
 from joserfc import jws
 from joserfc.jwk import ECKey
 
+from bench._profiling import write_profile
 from bench._report import Plan, Row, detail, format_rate, percentile, progress
 from hsm import HashAlg, Hsm, KeyType
 from mobile_stub import DeviceClient, DeviceKey
@@ -124,7 +126,7 @@ async def _signers(store: SqliteStore, hsm: Hsm, now: datetime) -> list[_Signer]
                 user_id=user_id,
                 credential_id=credential.credential_id,
                 client=client,
-                public_key=ECKey.import_key(device_key.public_jwk()),
+                public_key=ECKey.import_key(device_key.public_key),
             )
         )
     return signers
@@ -211,8 +213,36 @@ async def _activate(
     return time.perf_counter() - started, latencies, failures
 
 
+async def _profiled(
+    sam: SignatureActivationModule,
+    approvals: list[_Approval],
+    concurrency: int,
+    prefix: Path,
+) -> None:
+    # After the measured runs, on approvals of its own: cProfile slows the
+    # event loop thread several times over.
+    progress(f"sam: {len(approvals)} more activations under cProfile")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        await _activate(sam, approvals, concurrency)
+    finally:
+        profiler.disable()
+    write_profile(
+        profiler,
+        prefix,
+        f"verify_and_sign under cProfile, {len(approvals)} activations, "
+        f"{concurrency} callers, event loop thread",
+    )
+    detail(f"  profile of the SAM: {prefix}-profile.txt")
+
+
 async def run(
-    hsm: Hsm, raw_sign_per_s: float, plan: Plan, directory: Path
+    hsm: Hsm,
+    raw_sign_per_s: float,
+    plan: Plan,
+    directory: Path,
+    profile_dir: Path | None = None,
 ) -> SamResult:
     now = datetime.now(UTC)
     store = SqliteStore(directory / "sam-bench.db")
@@ -227,7 +257,8 @@ async def run(
             )
         )
         signers = await _signers(store, hsm, now)
-        total = plan.sam_requests + plan.sam_sequential
+        extra = plan.sam_requests // 2 if profile_dir is not None else 0
+        total = plan.sam_requests + plan.sam_sequential + extra
         progress(f"sam: {total} pending requests and their SADs")
         approvals = await _approvals(store, signers, total, now)
         t_verify = _verify_seconds(approvals)
@@ -241,9 +272,19 @@ async def run(
             f"sam: {plan.sam_requests} activations, "
             f"{plan.sam_concurrency} concurrent callers"
         )
+        measured = approvals[
+            plan.sam_sequential : plan.sam_sequential + plan.sam_requests
+        ]
         many_time, latencies, failed = await _activate(
-            sam, approvals[plan.sam_sequential :], plan.sam_concurrency
+            sam, measured, plan.sam_concurrency
         )
+        if profile_dir is not None:
+            await _profiled(
+                sam,
+                approvals[plan.sam_sequential + plan.sam_requests :],
+                plan.sam_concurrency,
+                profile_dir / "bench-sam",
+            )
     finally:
         await store.close()
 
@@ -257,9 +298,9 @@ async def run(
     detail(f"  one SAD verification (joserfc ES256)   {t_verify * 1e6:7.1f} us")
     detail(f"  one raw PKCS#11 signature              {t_sign * 1e6:7.1f} us")
     detail(f"  ceiling 1/(t_verify + t_sign)          {ceiling:7.0f} /s")
+    one_p50 = percentile(one_latencies, 0.5) * 1e3
     detail(
-        f"  1 caller:   {one_rate:7.0f} /s  p50 {percentile(one_latencies, 0.5) * 1e3:.2f}"
-        f" ms  ({one_failed} failed)"
+        f"  1 caller:   {one_rate:7.0f} /s  p50 {one_p50:.2f} ms  ({one_failed} failed)"
     )
     detail(
         f"  {plan.sam_concurrency} callers:  {rate:7.0f} /s  "

@@ -16,6 +16,7 @@ other's transactions.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -177,6 +178,10 @@ class SqliteStore(Store):
         if self._db is not None:
             return
         try:
+            # Try the file with a plain connection first: when aiosqlite's own
+            # connect fails, it leaves its worker thread finishing on its own,
+            # which may outlive the event loop.
+            await asyncio.to_thread(_probe, self._path)
             db = await aiosqlite.connect(self._path, isolation_level=None)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot open SQLite database: {e}") from e
@@ -697,3 +702,7 @@ def _translate(e: sqlite3.Error) -> StoreError:
     if isinstance(e, sqlite3.OperationalError):
         return StoreUnavailable(f"SQLite: {e}")
     return StoreError(f"SQLite: {e}")
+
+
+def _probe(path: str | Path) -> None:
+    sqlite3.connect(path).close()
