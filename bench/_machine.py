@@ -18,9 +18,11 @@ from pathlib import Path
 
 __all__ = ["CpuLedger", "describe"]
 
-# /proc/stat "cpu" fields that count as busy: user nice system irq softirq
-# steal (idle and iowait are not).
-_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
+# /proc/stat "cpu" fields that count as busy: user nice system irq softirq.
+# Steal (field 7) is time the hypervisor gave to other machines: reported
+# on its own, since it slows this machine without showing as a process.
+_BUSY_FIELDS = (0, 1, 2, 5, 6)
+_STEAL_FIELD = 7
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -68,13 +70,16 @@ def describe() -> str:
     )
 
 
-def _machine_busy_seconds() -> float | None:
+def _machine_seconds() -> tuple[float, float] | None:
+    """Busy and stolen CPU seconds of the whole machine since boot."""
     try:
         first = Path("/proc/stat").read_text(encoding="ascii").splitlines()[0]
     except (OSError, IndexError):
         return None
     fields = [int(value) for value in first.split()[1:]]
-    return sum(fields[i] for i in _BUSY_FIELDS if i < len(fields)) / _CLOCK_TICKS
+    busy = sum(fields[i] for i in _BUSY_FIELDS if i < len(fields))
+    steal = fields[_STEAL_FIELD] if len(fields) > _STEAL_FIELD else 0
+    return busy / _CLOCK_TICKS, steal / _CLOCK_TICKS
 
 
 def _own_seconds() -> float:
@@ -87,25 +92,28 @@ class CpuLedger:
     """CPU seconds of the machine and of this process tree since ``start``."""
 
     wall: float
-    machine: float | None
+    machine: tuple[float, float] | None
     own: float
 
     @classmethod
     def start(cls) -> CpuLedger:
-        return cls(time.monotonic(), _machine_busy_seconds(), _own_seconds())
+        return cls(time.monotonic(), _machine_seconds(), _own_seconds())
 
     def report(self) -> str:
         wall = time.monotonic() - self.wall
-        machine_now = _machine_busy_seconds()
+        machine_now = _machine_seconds()
         own = _own_seconds() - self.own
         if self.machine is None or machine_now is None:
             return f"run took {wall:.0f} s (machine CPU use not readable)"
-        others = max(0.0, machine_now - self.machine - own)
-        share = others / (wall * (os.cpu_count() or 1))
+        capacity = wall * (os.cpu_count() or 1)
+        others = max(0.0, machine_now[0] - self.machine[0] - own)
+        steal = max(0.0, machine_now[1] - self.machine[1])
         text = (
             f"run took {wall:.0f} s; this benchmark used {own:.1f} CPU-s, "
-            f"other processes {others:.1f} CPU-s ({share:.0%} of the machine)"
+            f"other processes {others:.1f} CPU-s ({others / capacity:.0%} of the "
+            f"machine), hypervisor steal {steal:.1f} CPU-s "
+            f"({steal / capacity:.0%})"
         )
-        if share > 0.05:
-            text += ": other load was running, figures may be low"
+        if (others + steal) / capacity > 0.05:
+            text += ": the machine was not quiet, figures may be low"
         return text

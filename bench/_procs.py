@@ -1,7 +1,9 @@
 """Child processes of the benchmark: start, watch, measure and stop them.
 
 Every child is started by this process, listens on 127.0.0.1 only and is
-stopped by its own pid (SIGTERM, then SIGKILL after a grace period).
+stopped by its own pid (SIGTERM, then SIGKILL after a grace period). Should
+this process die without stopping them, the kernel sends them SIGTERM
+(Linux ``PR_SET_PDEATHSIG``), so no server outlives a benchmark.
 Memory and CPU figures come from ``/proc/<pid>``: psutil is not a
 dependency of the project.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -35,8 +38,17 @@ BIN = Path(sys.executable).parent
 BENCH_ROOT = Path(__file__).resolve().parent.parent
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Resolved here, not in the child: between fork and exec the child must not
+# import or allocate more than it can help.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+_PR_SET_PDEATHSIG = 1
 _KEEP_LINES = 40
 _STOP_GRACE = 15.0
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec.
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ChildFailed(Exception):
@@ -79,16 +91,28 @@ def peak_rss_kib(pid: int) -> int | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU time of a live process, all threads, in seconds."""
+def _stat_seconds(path: str) -> float | None:
     try:
-        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        text = Path(path).read_text(encoding="ascii")
     except OSError:
         return None
     # The command name (field 2) may hold spaces; the fields after it don't.
     fields = text.rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / _CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU time of a live process: all threads, and its main thread alone.
+
+    In an asyncio server the main thread is the event loop; the rest are
+    worker threads (PKCS#11 sessions, the SQLite connection).
+    """
+    total = _stat_seconds(f"/proc/{pid}/stat")
+    main = _stat_seconds(f"/proc/{pid}/task/{pid}/stat")
+    if total is None or main is None:
+        return None
+    return total, main
 
 
 class Child:
@@ -122,6 +146,7 @@ class Child:
             stderr=asyncio.subprocess.STDOUT if stderr_to_stdout else None,
             env=dict(env),
             cwd=cwd,
+            preexec_fn=_die_with_parent,
         )
         return cls(name, process)
 

@@ -25,12 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark the signing path against raw baselines: PKCS#11 "
         "signing, SAM activations, and whole transactions over loopback HTTP "
         "with 32 simulated phones. Everything runs on 127.0.0.1 in temporary "
-        "folders; var/ is never touched. A full run takes about two minutes.",
+        "folders; var/ is never touched. A full run takes about 70 s.",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="short smoke run (about 30 s) with smaller counts and durations",
+        help="short smoke run (about 20 s) with smaller counts and durations",
     )
     parser.add_argument(
         "--only",

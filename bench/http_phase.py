@@ -4,10 +4,11 @@ The real server runs as ``sigil serve`` in its own process, on a home made
 for the run by ``sigil init`` (its own SoftHSM2 token, CA, VAPID key and
 SQLite file). The relying app and the 32 simulated phones run in a
 separate load-generator process (``bench.loadgen``), so the server's CPU
-is its own. One transaction is five HTTP exchanges with the server and one
-from it: create the request, the encrypted Web Push to the phone, the
-phone's fetch, its approval with the SAD, and the relying app's long poll
-that returns the signature (the push goes from the server to the phone).
+is its own. One transaction is four HTTP requests to the server and one
+from it: the relying app creates the request, the server sends the
+encrypted Web Push to the phone, the phone fetches the details and posts
+its approval with the SAD, and the relying app's long poll returns the
+signature.
 
 The same load generator then drives a trivial aiohttp JSON handler with the
 same number of loops for the same time; the ratio of the two rates shows
@@ -49,32 +50,44 @@ class LoadResult:
 
     rate: float
     completed: int
-    p50: float | None
-    p95: float | None
-    p99: float | None
+    latency: dict[str, float] | None
+    over_1s: int
+    to_answer: dict[str, float] | None
+    after_answer: dict[str, float] | None
     failures: int
     errors: dict[str, int]
     server_cores: float | None
+    server_loop_cores: float | None
     loadgen_cores: float | None
     server_peak_rss_kib: int | None
+
+    @property
+    def p50(self) -> float | None:
+        return None if self.latency is None else self.latency["p50"]
+
+    @property
+    def p95(self) -> float | None:
+        return None if self.latency is None else self.latency["p95"]
 
     @classmethod
     def parse(
         cls,
         report: dict[str, Any],
-        cores: tuple[float | None, float | None],
+        cores: tuple[float | None, float | None, float | None],
         rss: int | None,
     ) -> LoadResult:
         return cls(
             rate=float(report["rate"]),
             completed=int(report["completed"]),
-            p50=report["p50"],
-            p95=report["p95"],
-            p99=report["p99"],
+            latency=report["latency"],
+            over_1s=int(report["over_1s"]),
+            to_answer=report["to_answer"],
+            after_answer=report["after_answer"],
             failures=int(report["failures"]),
             errors={str(k): int(v) for k, v in report["errors"].items()},
             server_cores=cores[0],
-            loadgen_cores=cores[1],
+            server_loop_cores=cores[1],
+            loadgen_cores=cores[2],
             server_peak_rss_kib=rss,
         )
 
@@ -93,14 +106,35 @@ async def _tool(argv: list[str], env: dict[str, str], what: str) -> None:
         raise child.failure(f"exited with status {status}")
 
 
-def _cpu_pair(server: Child, loadgen: Child) -> tuple[float | None, float | None]:
-    return cpu_seconds(server.pid), cpu_seconds(loadgen.pid)
+@dataclass(frozen=True, slots=True)
+class _CpuSample:
+    at: float
+    server: tuple[float, float] | None
+    loadgen: tuple[float, float] | None
+
+    @classmethod
+    def take(cls, server: Child, loadgen: Child) -> _CpuSample:
+        return cls(
+            asyncio.get_running_loop().time(),
+            cpu_seconds(server.pid),
+            cpu_seconds(loadgen.pid),
+        )
 
 
-def _cores(before: float | None, after: float | None, seconds: float) -> float | None:
-    if before is None or after is None or seconds <= 0:
-        return None
-    return (after - before) / seconds
+def _cores(
+    before: _CpuSample, after: _CpuSample
+) -> tuple[float | None, float | None, float | None]:
+    """Cores busy between two samples: server, its event loop, load generator."""
+    seconds = after.at - before.at
+    if seconds <= 0:
+        return None, None, None
+    server = loop = loadgen = None
+    if before.server is not None and after.server is not None:
+        server = (after.server[0] - before.server[0]) / seconds
+        loop = (after.server[1] - before.server[1]) / seconds
+    if before.loadgen is not None and after.loadgen is not None:
+        loadgen = (after.loadgen[0] - before.loadgen[0]) / seconds
+    return server, loop, loadgen
 
 
 async def _drive(
@@ -133,21 +167,16 @@ async def _drive(
             f"{plan.http_seconds:g} s measured"
         )
         await loadgen.wait_for("window-start", plan.http_warmup + 30)
-        loop = asyncio.get_running_loop()
-        started, before = loop.time(), _cpu_pair(server, loadgen)
+        before = _CpuSample.take(server, loadgen)
         await loadgen.wait_for("window-end", plan.http_seconds + 30)
-        elapsed, after = loop.time() - started, _cpu_pair(server, loadgen)
+        after = _CpuSample.take(server, loadgen)
         rss = peak_rss_kib(server.pid)
         line = await loadgen.wait_for("result ", 60)
         await loadgen.finish(30)
     finally:
         await loadgen.stop()
     report = json.loads(line.removeprefix("result "))
-    cores = (
-        _cores(before[0], after[0], elapsed),
-        _cores(before[1], after[1], elapsed),
-    )
-    return LoadResult.parse(report, cores, rss)
+    return LoadResult.parse(report, _cores(before, after), rss)
 
 
 async def _sigil(plan: Plan, home: Path, profile_dir: Path | None) -> LoadResult:
@@ -220,19 +249,30 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _report(result: LoadResult, label: str, unit: str, seconds: float) -> None:
-    detail(
-        f"  {label:<20} {result.rate:7.0f} {unit}/s   p50 {_ms(result.p50)}   "
-        f"p95 {_ms(result.p95)}   p99 {_ms(result.p99)}"
+def _spread(stats: dict[str, float] | None) -> str:
+    if stats is None:
+        return "-"
+    return "  ".join(
+        f"{name} {stats[name] * 1e3:.1f} ms" for name in ("p50", "p95", "p99", "max")
     )
+
+
+def _report(result: LoadResult, label: str, unit: str, seconds: float) -> None:
+    detail(f"  {label:<20} {result.rate:7.0f} {unit}/s   {_spread(result.latency)}")
     errors = ", ".join(f"{k} {v}" for k, v in result.errors.items()) or "none"
     detail(
         f"      {result.completed} completed in the {seconds:g} s window, "
-        f"{result.failures} failed (errors: {errors})"
+        f"{result.failures} failed (errors: {errors}), {result.over_1s} over 1 s"
     )
+    if result.to_answer is not None:
+        detail(f"      until the phone had its answer: {_spread(result.to_answer)}")
+        detail(
+            f"      then until the relying app had it: {_spread(result.after_answer)}"
+        )
     detail(
-        f"      CPU cores busy: server {_share(result.server_cores)}, "
-        f"load generator {_share(result.loadgen_cores)}"
+        f"      CPU cores busy: server {_share(result.server_cores)} (event loop "
+        f"thread {_share(result.server_loop_cores)}), load generator "
+        f"{_share(result.loadgen_cores)}"
     )
     if result.loadgen_cores is not None and result.loadgen_cores > 0.9:
         detail(
@@ -255,18 +295,27 @@ async def run(plan: Plan, home: Path, profile_dir: Path | None) -> HttpResult:
     ratio = sigil.rate / bare.rate if bare.rate else 0.0
     detail(f"== http: loopback, {plan.phones} concurrent loops, real server process")
     if profile_dir is not None:
-        detail("  (server under cProfile: rates are lower than in a plain run)")
+        detail(
+            "  server under cProfile, rates are lower than in a plain run: "
+            f"{profile_dir / 'bench-server-profile.txt'}"
+        )
     _report(sigil, "sigil transactions", "tx", plan.http_seconds)
     _report(bare, "bare aiohttp GET", "req", plan.http_seconds)
     server_tx = _per_tx(sigil.server_cores, sigil, plan.http_seconds)
+    loop_tx = _per_tx(sigil.server_loop_cores, sigil, plan.http_seconds)
     loadgen_tx = _per_tx(sigil.loadgen_cores, sigil, plan.http_seconds)
-    if server_tx is not None and loadgen_tx is not None:
+    if server_tx is not None and loop_tx is not None and loadgen_tx is not None:
         cores = os.cpu_count() or 1
         detail(
-            f"  CPU per transaction: server {server_tx * 1e3:.2f} ms, "
-            f"load generator {loadgen_tx * 1e3:.2f} ms; one core bounds the "
-            f"server at {1 / server_tx:.0f} tx/s, and {cores} cores shared by "
-            f"both at {cores / (server_tx + loadgen_tx):.0f} tx/s"
+            f"  CPU per transaction: server {server_tx * 1e3:.2f} ms (event loop "
+            f"{loop_tx * 1e3:.2f} ms, worker threads "
+            f"{(server_tx - loop_tx) * 1e3:.2f} ms), load generator "
+            f"{loadgen_tx * 1e3:.2f} ms"
+        )
+        detail(
+            f"  so one event loop caps the server near {1 / loop_tx:.0f} tx/s, and "
+            f"{cores} cores shared by server and load generator near "
+            f"{cores / (server_tx + loadgen_tx):.0f} tx/s"
         )
     rss = sigil.server_peak_rss_kib
     if rss is not None:
@@ -302,6 +351,10 @@ async def run(plan: Plan, home: Path, profile_dir: Path | None) -> HttpResult:
             f"{sigil.rate / TARGET_RATE:.2f} {'PASS' if gap <= 0 else 'BELOW TARGET'}",
         ),
     ]
+    if server_tx is not None:
+        rows.append(
+            Row("http", "server CPU per transaction", f"{server_tx * 1e3:.2f} ms")
+        )
     if rss is not None:
         rows.append(Row("http", "server peak RSS (VmHWM)", f"{rss / 1024:.1f} MiB"))
     return HttpResult(sigil, bare, tuple(rows))

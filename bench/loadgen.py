@@ -36,7 +36,8 @@ from typing import Any
 
 import aiohttp
 
-from mobile_stub import Policy, SimulatedPhone
+from bench._report import percentile
+from mobile_stub import Policy, ShownRequest, SimulatedPhone
 from rp_client import ApiFailure, RelyingPartyClient
 
 __all__ = ["main"]
@@ -48,6 +49,7 @@ _TRANSACTION_LIMIT = 30.0
 # Extra time, past warm-up and window, after which the process gives up.
 _SLACK = 90.0
 _SHOWN_WARNINGS = 10
+_PERCENTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 
 
 def _say(line: str) -> None:
@@ -116,16 +118,24 @@ class _Window:
     start: float
     end: float
     latencies: list[float] = field(default_factory=list)
+    # sigil mode: from the request's creation until the phone's approval was
+    # answered, and from then until the relying app had the result.
+    to_answer: list[float] = field(default_factory=list)
+    after_answer: list[float] = field(default_factory=list)
     failures: int = 0
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
 
-    def record(self, begun: float, finished: float, ok: bool) -> None:
+    def record(self, begun: float, finished: float, outcome: Outcome) -> None:
         if not self.start <= finished <= self.end:
             return
-        if ok:
-            self.latencies.append(finished - begun)
-        else:
+        ok, answered = outcome
+        if not ok:
             self.failures += 1
+            return
+        self.latencies.append(finished - begun)
+        if answered is not None:
+            self.to_answer.append(answered - begun)
+            self.after_answer.append(finished - answered)
 
     def error(self, finished: float, error: BaseException) -> None:
         self.errors[type(error).__name__] += 1
@@ -141,7 +151,10 @@ async def _announce(window: _Window) -> None:
     _say("window-end")
 
 
-Step = Callable[[], Awaitable[bool]]
+# Whether a step succeeded, and (sigil mode) when the phone's approval was
+# answered, in event loop time.
+Outcome = tuple[bool, float | None]
+Step = Callable[[], Awaitable[Outcome]]
 
 
 async def _loop(step: Step, window: _Window) -> None:
@@ -151,12 +164,12 @@ async def _loop(step: Step, window: _Window) -> None:
         begun = loop.time()
         try:
             async with asyncio.timeout(_TRANSACTION_LIMIT):
-                ok = await step()
+                outcome = await step()
         except (ApiFailure, aiohttp.ClientError, TimeoutError, KeyError) as e:
             window.error(loop.time(), e)
             await asyncio.sleep(0.05)  # no hot loop against a failing server
             continue
-        window.record(begun, loop.time(), ok)
+        window.record(begun, loop.time(), outcome)
 
 
 async def _run_window(steps: Sequence[Step], warmup: float, seconds: float) -> _Window:
@@ -169,23 +182,26 @@ async def _run_window(steps: Sequence[Step], warmup: float, seconds: float) -> _
     return window
 
 
+def _stats(values: list[float]) -> dict[str, float] | None:
+    """Percentiles and the maximum, in seconds."""
+    if not values:
+        return None
+    stats = {name: percentile(values, fraction) for name, fraction in _PERCENTILES}
+    stats["max"] = max(values)
+    return stats
+
+
 def _result(mode: str, window: _Window, extra: dict[str, Any]) -> dict[str, Any]:
-    latencies = sorted(window.latencies)
     seconds = window.end - window.start
-
-    def pct(fraction: float) -> float | None:
-        if not latencies:
-            return None
-        return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))]
-
     return {
         "mode": mode,
-        "completed": len(latencies),
+        "completed": len(window.latencies),
         "seconds": seconds,
-        "rate": len(latencies) / seconds,
-        "p50": pct(0.50),
-        "p95": pct(0.95),
-        "p99": pct(0.99),
+        "rate": len(window.latencies) / seconds,
+        "latency": _stats(window.latencies),
+        "over_1s": sum(1 for value in window.latencies if value > 1.0),
+        "to_answer": _stats(window.to_answer),
+        "after_answer": _stats(window.after_answer),
         "failures": window.failures,
         "errors": dict(window.errors),
         **extra,
@@ -195,7 +211,12 @@ def _result(mode: str, window: _Window, extra: dict[str, Any]) -> dict[str, Any]
 async def _sigil(args: argparse.Namespace, warnings: _CappedHandler) -> dict[str, Any]:
     api_key: str = args.api_key
     board = CodeBoard()
+    answered: dict[str, float] = {}
     suffix = secrets.token_hex(3)
+
+    def on_shown(shown: ShownRequest) -> None:
+        answered[shown.request_id] = asyncio.get_running_loop().time()
+
     timeout = aiohttp.ClientTimeout(total=_TRANSACTION_LIMIT + 10)
     async with AsyncExitStack() as stack:
         rp_session = await stack.enter_async_context(
@@ -218,6 +239,7 @@ async def _sigil(args: argparse.Namespace, warnings: _CappedHandler) -> dict[str
                 name=f"bench phone {index}",
                 expected_code=board.read,
                 session=phone_session,
+                on_shown=on_shown,
             )
             await stack.enter_async_context(phone)
             await phone.enrol(code)
@@ -227,7 +249,7 @@ async def _sigil(args: argparse.Namespace, warnings: _CappedHandler) -> dict[str
         _say("ready")
 
         def transaction(user_id: str) -> Step:
-            async def step() -> bool:
+            async def step() -> Outcome:
                 created = await rp.request_signature(
                     user_id=user_id,
                     hashes=[secrets.token_bytes(32)],
@@ -239,7 +261,8 @@ async def _sigil(args: argparse.Namespace, warnings: _CappedHandler) -> dict[str
                     final = await rp.wait_final(request_id, timeout=_TRANSACTION_LIMIT)
                 finally:
                     board.forget(request_id)
-                return bool(final["state"] == "signed" and final.get("signatures"))
+                ok = final["state"] == "signed" and bool(final.get("signatures"))
+                return ok, answered.pop(request_id, None)
 
             return step
 
@@ -258,10 +281,10 @@ async def _bare(args: argparse.Namespace, warnings: _CappedHandler) -> dict[str,
     async with aiohttp.ClientSession(timeout=timeout) as session:
         _say("ready")
 
-        async def step() -> bool:
+        async def step() -> Outcome:
             async with session.get(args.url + "/") as response:
                 body = await response.json()
-            return response.status == 200 and body == {"ok": True}
+            return response.status == 200 and body == {"ok": True}, None
 
         window = await _run_window([step] * args.loops, args.warmup, args.seconds)
     return _result("bare", window, {"warnings": warnings.count})

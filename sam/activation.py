@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 
 APPROVE = "approve"
 REJECT = "reject"
+
+# An RFC 7638 SHA-256 thumbprint, base64url without padding.
+_THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
 
 # A SAD is short lived: it is made seconds before it is sent.
 MAX_CLOCK_SKEW = timedelta(seconds=60)
@@ -368,10 +372,12 @@ class SignatureActivationModule:
         sad_digest = _sad_digest(sad)
         log.info("SAD refused for request %s: %s", request_id, error.code)
         try:
-            # The kid is only claimed: the signature may not have held.
-            actor = f"device:{read_header(sad).device_id}"
+            # The kid is only claimed: the signature may not have held. Only a
+            # well-formed thumbprint is recorded, never arbitrary text.
+            kid = read_header(sad).device_id
         except MalformedSad:
-            actor = "device:unknown"
+            kid = ""
+        actor = f"device:{kid}" if _THUMBPRINT.fullmatch(kid) else "device:unknown"
         await self._audit(
             "sad.refused",
             actor=actor,

@@ -125,7 +125,11 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
                     outcome="success",
                 )
 
+    async def wake_long_polls(app: web.Application) -> None:
+        app[SERVICE].watch.close()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(wake_long_polls)
     return app
 
 

@@ -17,7 +17,7 @@ import secrets
 import sys
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,17 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from hsm import HsmError
 from server.config import CONFIG_NAME, ConfigError, Settings, load_settings
+from server.errors import ApiError
 from store import (
-    ActivationCode,
     AuditRecord,
     Client,
     DeviceStatus,
+    DuplicateError,
     RequestState,
     Store,
     StoreError,
-    User,
     open_store,
 )
 
@@ -46,7 +47,14 @@ log = logging.getLogger(__name__)
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
 
+def _printable(value: object) -> str:
+    """Escape control characters: stored text must not drive the terminal."""
+    text = str(value)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    rows = [{c: _printable(r.get(c, "")) for c in columns} for r in rows]
     if not rows:
         print("(none)")
         return
@@ -103,12 +111,15 @@ def _write_config(home: Path, *, softhsm: bool) -> None:
         "[push]",
         'vapid_key_file = "vapid.pem"',
         'subject = "mailto:operator@sigil.invalid"',
+        "# Plain-HTTP push endpoints are for simulated phones on loopback only.",
+        "allow_http_endpoints = true",
         "",
         "[requests]",
         "default_ttl_seconds = 120",
         "max_ttl_seconds = 600",
         "finished_retention_seconds = 3600",
         "max_hashes = 32",
+        "max_pending_per_user = 20",
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -122,6 +133,8 @@ async def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
+    # The folder holds the database, the token and the PIN files: its owner's.
+    home.chmod(0o700)
     softhsm = "softhsm" in settings.pkcs11_module
     pin_file = home / "hsm-pin"
     if softhsm:
@@ -163,16 +176,23 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from server.app import create_app, open_parts
+    from server.runner import SigilRunner
 
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     parts = await open_parts(settings)
     app = create_app(settings, parts)
-    runner = web.AppRunner(app, access_log=None)
+    runner = SigilRunner(app, access_log=None, shutdown_timeout=5.0)
     try:
         await runner.setup()
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            print(
+                f"error: cannot listen on {host}:{port}: {e.strerror}", file=sys.stderr
+            )
+            return 2
         print(f"sigil serving on http://{host}:{port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -193,6 +213,9 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_client_create(args: argparse.Namespace, settings: Settings) -> int:
     from server.auth import api_key_hash, new_api_key
 
+    if args.key_file and Path(args.key_file).exists():
+        print(f"error: {args.key_file} exists; choose another file", file=sys.stderr)
+        return 2
     store = await _with_store(settings)
     try:
         key = new_api_key()
@@ -238,23 +261,16 @@ async def cmd_client_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
-    from hsm import KeyType
+    from server.service import add_user
 
     store = await _with_store(settings)
     try:
-        user = User(
-            user_id=args.user_id or str(uuid.uuid4()),
+        user = await add_user(
+            store,
             display_name=args.display_name,
-            key_algorithm=str(KeyType(args.key_algorithm)),
-            created_at=datetime.now(UTC),
-        )
-        await store.add_user(user)
-        await store.append_audit(
-            time=datetime.now(UTC),
-            event="user.created",
-            actor="operator",
-            subject=f"user:{user.user_id}",
-            outcome="success",
+            key_algorithm=args.key_algorithm,
+            user_id=args.user_id,
+            created_by="operator",
         )
     finally:
         await store.close()
@@ -263,35 +279,17 @@ async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_user_code(args: argparse.Namespace, settings: Settings) -> int:
-    from server.service import _new_activation_code, activation_code_hash
+    from server.service import issue_activation_code
 
     store = await _with_store(settings)
     try:
-        if await store.get_user(args.user_id) is None:
-            print(f"error: no user {args.user_id}", file=sys.stderr)
-            return 2
-        code = _new_activation_code()
-        now = datetime.now(UTC)
-        expires = now + timedelta(seconds=settings.activation_code_ttl)
-        await store.add_activation_code(
-            ActivationCode(
-                code_hash=activation_code_hash(code),
-                user_id=args.user_id,
-                expires_at=expires,
-                created_at=now,
-            )
-        )
-        await store.append_audit(
-            time=now,
-            event="activation_code.issued",
-            actor="operator",
-            subject=f"user:{args.user_id}",
-            outcome="success",
+        issued = await issue_activation_code(
+            store, args.user_id, ttl=settings.activation_code_ttl, client=None
         )
     finally:
         await store.close()
-    print(code)
-    print(f"expires {expires.isoformat()}", file=sys.stderr)
+    print(issued.code)
+    print(f"expires {issued.expires_at.isoformat(timespec='seconds')}", file=sys.stderr)
     return 0
 
 
@@ -543,6 +541,16 @@ def verify_signature_file(
 # -- parser -------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sigil",
@@ -616,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = request.add_parser("list", help="list signature requests, newest first")
     p.add_argument("--user", help="only this user's requests")
     p.add_argument("--state", choices=[s.value for s in RequestState])
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive, default=50)
     p.set_defaults(func=cmd_request_list)
 
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
@@ -626,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit_verify)
     p = audit.add_parser("list", help="show audit records")
     p.add_argument("--after", type=int, default=0, help="start after this record")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_positive, default=100)
     p.set_defaults(func=cmd_audit_list)
 
     p = sub.add_parser("verify", help="verify a detached signature over a file")
@@ -648,12 +656,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    func: Command = args.func
     try:
         settings = load_settings(Path(args.home) if args.home else None)
-        func: Command = args.func
+        if func not in (cmd_init, cmd_verify) and settings.config_file is None:
+            raise ConfigError(
+                f"no configuration in {settings.home}: run `sigil init` there, "
+                "or point SIGIL_HOME (or --home) at an initialised folder"
+            )
         return asyncio.run(func(args, settings))
-    except (ConfigError, StoreError) as e:
+    except ApiError as e:
+        print(f"error: {e.description}", file=sys.stderr)
+        return 2
+    except DuplicateError:
+        print("error: a record with this id exists already", file=sys.stderr)
+        return 2
+    except (ConfigError, StoreError, HsmError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except UnicodeError:
+        print("error: arguments must be valid UTF-8", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

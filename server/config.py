@@ -27,6 +27,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class Settings:
     home: Path
+    config_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     audience: str = "sigil"
@@ -38,6 +39,8 @@ class Settings:
     hsm_pool_size: int = 4
     vapid_key_file: Path | None = None
     vapid_subject: str = "mailto:operator@sigil.invalid"
+    allow_http_push: bool = False
+    max_pending_per_user: int = 20
     default_ttl: int = 120
     min_ttl: int = 30
     max_ttl: int = 600
@@ -74,7 +77,8 @@ def load_settings(home: Path | None = None) -> Settings:
     home = (home or _home()).resolve()
     path = Path(os.environ.get("SIGIL_CONFIG", home / CONFIG_NAME))
     data: dict[str, Any] = {}
-    if path.exists():
+    config_file = path if path.exists() else None
+    if config_file is not None:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as e:
@@ -98,6 +102,7 @@ def load_settings(home: Path | None = None) -> Settings:
     try:
         return Settings(
             home=home,
+            config_file=config_file,
             host=env.get("SIGIL_HOST", server.get("host", "127.0.0.1")),
             port=int(env.get("SIGIL_PORT", server.get("port", 8080))),
             audience=server.get("audience", "sigil"),
@@ -113,6 +118,8 @@ def load_settings(home: Path | None = None) -> Settings:
             hsm_pool_size=int(hsm.get("pool_size", 4)),
             vapid_key_file=home / vapid if vapid else None,
             vapid_subject=push.get("subject", "mailto:operator@sigil.invalid"),
+            allow_http_push=bool(push.get("allow_http_endpoints", False)),
+            max_pending_per_user=int(requests.get("max_pending_per_user", 20)),
             default_ttl=int(requests.get("default_ttl_seconds", 120)),
             min_ttl=int(requests.get("min_ttl_seconds", 30)),
             max_ttl=int(requests.get("max_ttl_seconds", 600)),
@@ -123,4 +130,6 @@ def load_settings(home: Path | None = None) -> Settings:
             ),
         )
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"invalid value in {path}: {e}") from e
+        raise ConfigError(
+            f"invalid value in {path} or a SIGIL_* environment variable: {e}"
+        ) from e

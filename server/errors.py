@@ -97,6 +97,10 @@ async def error_middleware(
         error = _STATUS_ERROR.get(e.status, "invalid_request")
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
         return json_error(e.status, error, description, headers)
+    except ConnectionResetError:
+        # The client went away mid-request: nothing to answer, nothing wrong.
+        log.debug("client left during %s %s", request.method, request.path)
+        raise
     except Exception:
         log.exception(
             "unexpected error while serving %s %s", request.method, request.path

@@ -25,7 +25,13 @@ from pywebpush import WebPusher, WebPushException
 
 from store import Device, DeviceStatus, SignatureRequest, Store
 
-__all__ = ["PushSender", "load_or_create_vapid", "topic_for", "vapid_public_key"]
+__all__ = [
+    "PushSender",
+    "check_push_endpoint",
+    "load_or_create_vapid",
+    "topic_for",
+    "vapid_public_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -121,28 +127,45 @@ class PushSender:
         payload = json.dumps(
             {"rid": request.request_id, "nonce": request.nonce}, separators=(",", ":")
         )
+        try:
+            # pywebpush does the RFC 8291 encryption; the transport is ours so
+            # that redirects are never followed (an endpoint must not bounce
+            # the server elsewhere).
+            body = WebPusher(subscription).encode(payload.encode(), "aes128gcm")["body"]
+        except (WebPushException, ValueError, TypeError) as e:
+            log.warning(
+                "push to device %s not encrypted: %s",
+                device.device_id,
+                type(e).__name__,
+            )
+            return False
         for attempt in range(2):
             ttl = max(1, int((request.expires_at - datetime.now(UTC)).total_seconds()))
             headers = {
+                "Content-Encoding": "aes128gcm",
+                "Content-Type": "application/octet-stream",
+                "TTL": str(ttl),
                 "Urgency": "high",
                 "Topic": topic_for(request.request_id),
                 **self._vapid_headers(endpoint),
             }
             try:
-                pusher = WebPusher(subscription, aiohttp_session=self._session)
-                response = await pusher.send_async(
-                    payload, headers=headers, ttl=ttl, timeout=self._timeout
-                )
-            except (aiohttp.ClientError, TimeoutError, WebPushException) as e:
+                async with self._session.post(
+                    endpoint,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                ) as response:
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
                 log.warning(
                     "push to device %s could not be delivered: %s",
                     device.device_id,
                     type(e).__name__,
                 )
                 return False
-            if not isinstance(response, aiohttp.ClientResponse):
-                return False
-            status = response.status
             if status in (200, 201, 202):
                 log.debug(
                     "pushed request %s to %s", request.request_id, device.device_id
@@ -165,12 +188,12 @@ class PushSender:
                 )
                 return False
             if status == 429 and attempt == 0:
-                delay = _retry_after(response.headers.get("Retry-After"))
+                delay = _retry_after(retry_after)
                 if delay is not None and delay <= min(_MAX_RETRY_AFTER, ttl - 1):
                     log.warning("push service asks to wait %.1f s", delay)
                     await asyncio.sleep(delay)
                     continue
-            # 413, 429 without a usable Retry-After, 5xx: the device can
+            # 3xx, 413, 429 without a usable Retry-After, 5xx: the device can
             # still find the request by polling (PUSH-2).
             log.warning(
                 "push to device %s refused with status %s", device.device_id, status
@@ -189,6 +212,28 @@ class PushSender:
             cached = (float(expires), dict(self._vapid.sign(claims)))
             self._tokens[origin] = cached
         return cached[1]
+
+
+def check_push_endpoint(endpoint: str, *, allow_http: bool) -> str | None:
+    """Why a subscription endpoint is refused, or ``None`` when it is fine.
+
+    Browsers' push services are HTTPS; plain HTTP is for a development phone
+    on loopback. Credentials in the URL are never accepted.
+    """
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port
+    except ValueError:
+        return "the push endpoint is not a valid URL"
+    if parts.scheme != "https" and not (parts.scheme == "http" and allow_http):
+        return "the push endpoint must be an https URL"
+    if not parts.hostname or parts.username is not None or parts.password is not None:
+        return "the push endpoint must name a host and carry no credentials"
+    if port == 0:
+        return "the push endpoint has no valid port"
+    # TODO(ssrf): the host is not checked against private and link-local
+    # address ranges; a deployment without an egress proxy should add that.
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -28,6 +28,7 @@ async def create_user(request: web.Request) -> web.Response:
         display_name=body["display_name"],
         key_algorithm=body.get("key_algorithm", "EC-P256"),
         user_id=body.get("user_id"),
+        client=client,
     )
     log.debug("client %s created user %s", client.client_id, user.user_id)
     return web.json_response(user_view(user), status=201)
@@ -38,7 +39,7 @@ async def create_activation_code(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     client = await authenticate_client(request, service.store)
     issued = await service.issue_activation_code(
-        request.match_info["user_id"], actor=f"client:{client.client_id}"
+        request.match_info["user_id"], client=client
     )
     return web.json_response(
         {"activation_code": issued.code, "expires_at": iso(issued.expires_at)},

@@ -27,7 +27,7 @@ from sam import SignatureActivationModule, code_choices, verification_code
 from server.ca import DevelopmentCA
 from server.config import Settings
 from server.errors import ApiError
-from server.push import PushSender
+from server.push import PushSender, check_push_endpoint
 from server.watch import RequestWatch
 from store import (
     ActivationCode,
@@ -42,7 +42,13 @@ from store import (
     User,
 )
 
-__all__ = ["Service", "activation_code_hash", "utcnow"]
+__all__ = [
+    "Service",
+    "activation_code_hash",
+    "add_user",
+    "issue_activation_code",
+    "utcnow",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,9 @@ def utcnow() -> datetime:
 
 
 def activation_code_hash(code: str) -> str:
-    return hashlib.sha256(("activation\n" + code.strip()).encode("utf-8")).hexdigest()
+    """Hash of the code's canonical form: case, spaces and dashes do not count."""
+    canonical = "".join(c for c in code.upper() if c.isalnum())
+    return hashlib.sha256(("activation\n" + canonical).encode("utf-8")).hexdigest()
 
 
 def _new_activation_code() -> str:
@@ -87,37 +95,30 @@ class Service:
     # -- users and enrolment ---------------------------------------------
 
     async def create_user(
-        self, *, display_name: str, key_algorithm: str = "EC-P256", user_id: str | None
+        self,
+        *,
+        display_name: str,
+        key_algorithm: str = "EC-P256",
+        user_id: str | None,
+        client: Client,
     ) -> User:
-        user = User(
-            user_id=user_id or str(uuid.uuid4()),
+        return await add_user(
+            self.store,
             display_name=display_name,
-            key_algorithm=str(KeyType(key_algorithm)),
-            created_at=utcnow(),
+            key_algorithm=key_algorithm,
+            user_id=user_id,
+            created_by=f"client:{client.client_id}",
         )
-        try:
-            await self.store.add_user(user)
-        except DuplicateError as e:
-            raise ApiError(409, "user_exists", "a user with this id exists") from e
-        await self._audit("user.created", "operator", f"user:{user.user_id}", "success")
-        return user
 
-    async def issue_activation_code(self, user_id: str, *, actor: str) -> IssuedCode:
-        if await self.store.get_user(user_id) is None:
-            raise ApiError(404, "unknown_user", "no such user")
-        code = _new_activation_code()
-        now = utcnow()
-        expires = now + timedelta(seconds=self.settings.activation_code_ttl)
-        await self.store.add_activation_code(
-            ActivationCode(
-                code_hash=activation_code_hash(code),
-                user_id=user_id,
-                expires_at=expires,
-                created_at=now,
-            )
+    async def issue_activation_code(
+        self, user_id: str, *, client: Client
+    ) -> IssuedCode:
+        return await issue_activation_code(
+            self.store,
+            user_id,
+            ttl=self.settings.activation_code_ttl,
+            client=client,
         )
-        await self._audit("activation_code.issued", actor, f"user:{user_id}", "success")
-        return IssuedCode(code=code, expires_at=expires)
 
     async def new_challenge(self) -> tuple[str, int]:
         challenge = secrets.token_urlsafe(32)
@@ -134,7 +135,17 @@ class Service:
         public_jwk: dict[str, Any],
         body: dict[str, Any],
     ) -> tuple[Device, Credential]:
-        """Register a device whose key signed the enrolment (proof of possession)."""
+        """Register a device whose key signed the enrolment (proof of possession).
+
+        Everything that can be checked is checked before the activation code
+        is used; if a later step fails, the code is given back.
+        """
+        subscription = body["push_subscription"]
+        refusal = check_push_endpoint(
+            subscription["endpoint"], allow_http=self.settings.allow_http_push
+        )
+        if refusal is not None:
+            raise ApiError(400, "invalid_push_subscription", refusal)
         now = utcnow()
         if not await self.store.take_challenge(body["challenge"], now=now):
             raise ApiError(
@@ -152,10 +163,23 @@ class Service:
             raise ApiError(
                 403, "invalid_activation_code", "the activation code is unknown or used"
             )
+        try:
+            return await self._register(device_id, public_jwk, body, code, now)
+        except BaseException:
+            await self.store.add_activation_code(code)
+            raise
+
+    async def _register(
+        self,
+        device_id: str,
+        public_jwk: dict[str, Any],
+        body: dict[str, Any],
+        code: ActivationCode,
+        now: datetime,
+    ) -> tuple[Device, Credential]:
         user = await self.store.get_user(code.user_id)
         if user is None:
             raise ApiError(404, "unknown_user", "the user of this code is gone")
-
         credential = await self._credential_for(user)
         device = Device(
             device_id=device_id,
@@ -244,6 +268,18 @@ class Service:
             )
 
         credential = await self._resolve_credential(body)
+        pending = await self.store.list_requests(
+            user_id=credential.user_id,
+            states=(RequestState.PENDING,),
+            limit=self.settings.max_pending_per_user,
+        )
+        if len(pending) >= self.settings.max_pending_per_user:
+            raise ApiError(
+                429,
+                "too_many_pending_requests",
+                "the user has too many requests waiting for a decision",
+                headers={"Retry-After": "10"},
+            )
         if not any(
             d.status is DeviceStatus.ACTIVE
             for d in await self.store.list_devices(user_id=credential.user_id)
@@ -370,7 +406,7 @@ class Service:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         request = await self.visible_request(request_id, client_id=client_id)
-        while not request.state.is_final:
+        while not request.state.is_final and not self.watch.closing:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -438,6 +474,7 @@ class Service:
 
     async def sweep(self) -> None:
         now = utcnow()
+        await self.recover()
         for request_id in await self.store.expire_due(now=now):
             self.watch.changed(request_id)
             await self._audit(
@@ -455,6 +492,7 @@ class Service:
             log.warning(
                 "request %s was cut off while signing; marked failed", request_id
             )
+            self.watch.changed(request_id)
             await self._audit(
                 "request.failed", "server", f"request:{request_id}", "crash"
             )
@@ -513,3 +551,80 @@ def _check_hash(index: int, value: str, hash_alg: HashAlg) -> str:
             f"{hash_alg.digest_size}",
         )
     return base64.b64encode(raw).decode("ascii")
+
+
+async def add_user(
+    store: Store,
+    *,
+    display_name: str,
+    key_algorithm: str,
+    user_id: str | None,
+    created_by: str,
+) -> User:
+    """Create a user; the relying app that did it may enrol their first device."""
+    # The name becomes the certificate's common name: at most 64 characters
+    # (RFC 5280, ub-common-name), and SoftHSM2 and most CAs count bytes.
+    if not display_name.strip() or len(display_name.encode("utf-8")) > 64:
+        raise ApiError(
+            400, "invalid_request", "display_name must be 1 to 64 bytes in UTF-8"
+        )
+    user = User(
+        user_id=user_id or str(uuid.uuid4()),
+        display_name=display_name,
+        key_algorithm=str(KeyType(key_algorithm)),
+        created_at=utcnow(),
+        created_by=created_by,
+    )
+    try:
+        await store.add_user(user)
+    except DuplicateError as e:
+        raise ApiError(409, "user_exists", "a user with this id exists") from e
+    await store.append_audit(
+        time=utcnow(),
+        event="user.created",
+        actor=created_by,
+        subject=f"user:{user.user_id}",
+        outcome="success",
+    )
+    return user
+
+
+async def issue_activation_code(
+    store: Store, user_id: str, *, ttl: int, client: Client | None
+) -> IssuedCode:
+    """A one-time enrolment code; it replaces the user's earlier one.
+
+    A relying app may enrol only the first device of a user it created. A
+    further device for an enrolled user needs the operator (``client`` is
+    ``None``): otherwise any relying app could add its own phone to someone
+    else's signing key.
+    """
+    user = await store.get_user(user_id)
+    actor = "operator" if client is None else f"client:{client.client_id}"
+    if user is None or (client is not None and user.created_by != actor):
+        raise ApiError(404, "unknown_user", "no such user")
+    if client is not None and await store.list_devices(user_id=user_id):
+        raise ApiError(
+            409,
+            "user_already_enrolled",
+            "the user has a device; another device needs the operator",
+        )
+    code = _new_activation_code()
+    now = utcnow()
+    expires = now + timedelta(seconds=ttl)
+    await store.add_activation_code(
+        ActivationCode(
+            code_hash=activation_code_hash(code),
+            user_id=user_id,
+            expires_at=expires,
+            created_at=now,
+        )
+    )
+    await store.append_audit(
+        time=now,
+        event="activation_code.issued",
+        actor=actor,
+        subject=f"user:{user_id}",
+        outcome="success",
+    )
+    return IssuedCode(code=code, expires_at=expires)

@@ -7,6 +7,9 @@ secret sent in the wrong place is not echoed back (SAD-6).
 from __future__ import annotations
 
 import json
+import math
+import re
+import unicodedata
 from typing import Any
 
 from aiohttp import web
@@ -17,9 +20,10 @@ from server.errors import ApiError
 
 __all__ = ["SCHEMAS", "parse_json", "read_json", "validate"]
 
+_PLAIN = re.compile(r"[A-Za-z0-9_]{1,40}")
 _B64 = r"^[A-Za-z0-9+/]*={0,2}$"
 _B64URL = r"^[A-Za-z0-9_-]+$"
-_ID = r"^[A-Za-z0-9._@:-]+$"
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$"
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "create_user": {
@@ -33,7 +37,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "maxLength": 64,
                 "pattern": _ID,
             },
-            "display_name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "display_name": {"type": "string", "minLength": 1, "maxLength": 64},
             "key_algorithm": {
                 "type": "string",
                 "enum": ["EC-P256", "EC-P384", "RSA-2048", "RSA-3072"],
@@ -146,9 +150,12 @@ def _describe(error: ValidationError) -> str:
 
 
 def validate(schema: str, body: Any) -> dict[str, Any]:
-    errors = sorted(
-        _VALIDATORS[schema].iter_errors(body), key=lambda e: list(e.absolute_path)
-    )
+    try:
+        errors = sorted(
+            _VALIDATORS[schema].iter_errors(body), key=lambda e: list(e.absolute_path)
+        )
+    except RecursionError as e:
+        raise ApiError(400, "invalid_request", "the body is nested too deeply") from e
     if errors:
         raise ApiError(400, "invalid_request", _describe(errors[0]))
     if not isinstance(body, dict):
@@ -166,7 +173,44 @@ def parse_json(raw: bytes, schema: str) -> dict[str, Any]:
     if not raw:
         raise ApiError(400, "invalid_request", "the request body is empty")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
+        _check_text(body, "body")
+    except RecursionError as e:
+        raise ApiError(400, "invalid_request", "the body is nested too deeply") from e
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, "invalid_request", "the body is not valid JSON") from e
     return validate(schema, body)
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (RFC 8259) does not.
+    raise ValueError(f"{name} is not JSON")
+
+
+# Control characters and the bidirectional overrides can make text on the
+# phone or in a certificate read differently from what was sent.
+_BIDI = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Refuse strings a signer could be misled by, and ones that are not
+    Unicode at all (lone surrogates from ``\\ud800`` escapes)."""
+    if isinstance(value, str):
+        bad = any(unicodedata.category(c) in ("Cc", "Cs") or c in _BIDI for c in value)
+        if bad:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"{where} contains control, surrogate or direction characters",
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where)
+            _check_text(item, f"{where}.{key}" if _PLAIN.fullmatch(key) else where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, f"{where}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ApiError(400, "invalid_request", f"{where} is not a finite number")

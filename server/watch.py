@@ -15,6 +15,13 @@ __all__ = ["RequestWatch"]
 class RequestWatch:
     def __init__(self) -> None:
         self._events: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self.closing = False
+
+    def close(self) -> None:
+        """Wake every waiter: the server is stopping and answers now."""
+        self.closing = True
+        for request_id in list(self._events):
+            self.changed(request_id)
 
     def changed(self, request_id: str) -> None:
         for event in self._events.pop(request_id, ()):
@@ -22,6 +29,8 @@ class RequestWatch:
 
     async def wait(self, request_id: str, timeout: float) -> bool:
         """Wait for a change or ``timeout`` seconds; ``True`` if woken."""
+        if self.closing:
+            return True
         event = asyncio.Event()
         waiters = self._events[request_id]
         waiters.add(event)

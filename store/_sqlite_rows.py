@@ -134,6 +134,7 @@ def user_from_row(row: sqlite3.Row) -> User:
         display_name=row["display_name"],
         key_algorithm=row["key_algorithm"],
         created_at=from_us(row["created_at"]),
+        created_by=row["created_by"],
     )
 
 

@@ -34,17 +34,19 @@ CREATE TABLE IF NOT EXISTS users (
     user_id       TEXT PRIMARY KEY,
     display_name  TEXT NOT NULL,
     key_algorithm TEXT NOT NULL,
+    created_by    TEXT NOT NULL,
     created_at    INTEGER NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS activation_codes (
     code_hash  TEXT PRIMARY KEY,
-    user_id    TEXT NOT NULL REFERENCES users (user_id),
+    user_id    TEXT NOT NULL UNIQUE REFERENCES users (user_id),
     expires_at INTEGER NOT NULL,
     created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS activation_codes_expiry
     ON activation_codes (expires_at);
+
 
 CREATE TABLE IF NOT EXISTS devices (
     device_id         TEXT PRIMARY KEY,

@@ -69,7 +69,9 @@ class Store(abc.ABC):
     async def list_users(self) -> list[User]: ...
 
     @abc.abstractmethod
-    async def add_activation_code(self, code: ActivationCode) -> None: ...
+    async def add_activation_code(self, code: ActivationCode) -> None:
+        """Store a code; it replaces any earlier code of the same user, so a
+        user has at most one live activation code."""
 
     @abc.abstractmethod
     async def consume_activation_code(

@@ -52,6 +52,8 @@ class User:
     display_name: str
     key_algorithm: str
     created_at: datetime
+    # "operator", or "client:<id>" of the relying app that created the user.
+    created_by: str = "operator"
 
 
 @dataclass(frozen=True, slots=True)

@@ -290,19 +290,22 @@ class SqliteStore(Store):
     # -- users and activation codes -------------------------------------------
     async def add_user(self, user: User) -> None:
         await self._query(
-            "INSERT INTO users (user_id, display_name, key_algorithm, created_at)"
-            " VALUES (?, ?, ?, ?)",
+            "INSERT INTO users"
+            " (user_id, display_name, key_algorithm, created_by, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
             (
                 user.user_id,
                 user.display_name,
                 user.key_algorithm,
+                user.created_by,
                 to_us(user.created_at, "created_at"),
             ),
         )
 
     async def get_user(self, user_id: str) -> User | None:
         rows = await self._query(
-            "SELECT user_id, display_name, key_algorithm, created_at FROM users"
+            "SELECT user_id, display_name, key_algorithm, created_by, created_at"
+            " FROM users"
             " WHERE user_id = ?",
             (user_id,),
         )
@@ -310,7 +313,8 @@ class SqliteStore(Store):
 
     async def list_users(self) -> list[User]:
         rows = await self._query(
-            "SELECT user_id, display_name, key_algorithm, created_at FROM users"
+            "SELECT user_id, display_name, key_algorithm, created_by, created_at"
+            " FROM users"
             " ORDER BY created_at, user_id"
         )
         return [user_from_row(row) for row in rows]
@@ -318,7 +322,9 @@ class SqliteStore(Store):
     async def add_activation_code(self, code: ActivationCode) -> None:
         await self._query(
             "INSERT INTO activation_codes (code_hash, user_id, expires_at, created_at)"
-            " VALUES (?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id) DO UPDATE SET code_hash = excluded.code_hash,"
+            " expires_at = excluded.expires_at, created_at = excluded.created_at",
             (
                 code.code_hash,
                 code.user_id,

@@ -21,7 +21,7 @@ from server.app import Parts, create_app
 from server.auth import api_key_hash, new_api_key
 from server.ca import ensure_ca
 from server.config import Settings
-from server.service import Service
+from server.service import Service, issue_activation_code
 from server.state import SERVICE
 from store import Client, Store
 from store.sqlite import SqliteStore
@@ -42,6 +42,13 @@ class Sigil:
     @property
     def service(self) -> Service:
         return self.server.app[SERVICE]
+
+    async def operator_code(self, user_id: str) -> str:
+        """An activation code as the operator issues it (``sigil user code``)."""
+        issued = await issue_activation_code(
+            self.store, user_id, ttl=self.settings.activation_code_ttl, client=None
+        )
+        return issued.code
 
     async def new_client(self, name: str) -> RelyingPartyClient:
         key = new_api_key()
@@ -72,6 +79,7 @@ def make_settings(home: Path, **overrides: object) -> Settings:
         "vapid_key_file": home / "vapid.pem",
         "hsm_pin": "not-used-by-tests",
         "push_timeout": 5.0,
+        "allow_http_push": True,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -191,13 +192,32 @@ async def test_concurrent_activation_code_use_has_one_winner(store: Store) -> No
     assert sum(r is not None for r in results) == 1
 
 
-async def test_duplicate_activation_code_is_refused(store: Store) -> None:
+async def test_new_activation_code_replaces_the_users_earlier_one(
+    store: Store,
+) -> None:
     await store.add_user(USER)
-    code = ActivationCode("h" * 64, "user-1", T0 + 600 * SECOND, T0)
-    await store.add_activation_code(code)
+    await store.add_activation_code(
+        ActivationCode("a" * 64, "user-1", T0 + 600 * SECOND, T0)
+    )
+    await store.add_activation_code(
+        ActivationCode("b" * 64, "user-1", T0 + 600 * SECOND, T0)
+    )
+
+    assert await store.consume_activation_code("a" * 64, now=T0) is None
+    assert await store.consume_activation_code("b" * 64, now=T0) is not None
+
+
+async def test_activation_code_of_another_user_is_a_duplicate(store: Store) -> None:
+    await store.add_user(USER)
+    await store.add_user(replace(USER, user_id="user-2"))
+    await store.add_activation_code(
+        ActivationCode("h" * 64, "user-1", T0 + 600 * SECOND, T0)
+    )
 
     with pytest.raises(DuplicateError):
-        await store.add_activation_code(code)
+        await store.add_activation_code(
+            ActivationCode("h" * 64, "user-2", T0 + 600 * SECOND, T0)
+        )
 
 
 # -- devices -------------------------------------------------------------------

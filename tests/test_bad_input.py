@@ -57,6 +57,30 @@ REQUEST_CASES: list[tuple[str, Any, int, str]] = [
         "unknown_credential",
     ),
     ("idempotency key with spaces", {"idempotency_key": "a b"}, 400, "invalid_request"),
+    (
+        "idempotency key with newline",
+        {"idempotency_key": "abc\n"},
+        400,
+        "invalid_request",
+    ),
+    (
+        "display text with a control character",
+        {"display_text": "Pay\x1b[2J"},
+        400,
+        "invalid_request",
+    ),
+    (
+        "display text with a direction override",
+        {"display_text": "Pay \u202e01"},
+        400,
+        "invalid_request",
+    ),
+    (
+        "display text with a lone surrogate",
+        {"display_text": "\ud800"},
+        400,
+        "invalid_request",
+    ),
 ]
 
 
@@ -110,6 +134,60 @@ async def test_bad_signature_request_gets_its_4xx_input1(
 
 
 RAW_CASES: list[tuple[str, str, str, bytes, dict[str, str], int, str]] = [
+    (
+        "deeply nested JSON",
+        "POST",
+        "/api/v1/users",
+        b'{"display_name": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        {},
+        400,
+        "invalid_request",
+    ),
+    (
+        "NaN",
+        "POST",
+        "/api/v1/signature-requests",
+        b'{"ttl_seconds": NaN}',
+        {},
+        400,
+        "invalid_request",
+    ),
+    (
+        "Infinity",
+        "POST",
+        "/api/v1/signature-requests",
+        b'{"ttl_seconds": 1e400}',
+        {},
+        400,
+        "invalid_request",
+    ),
+    (
+        "lone surrogate escape",
+        "POST",
+        "/api/v1/users",
+        b'{"display_name": "\\ud800"}',
+        {},
+        400,
+        "invalid_request",
+    ),
+    (
+        "user id of dots",
+        "POST",
+        "/api/v1/users",
+        b'{"display_name": "A", "user_id": ".."}',
+        {},
+        400,
+        "invalid_request",
+    ),
+    (
+        "display name too long for a certificate",
+        "POST",
+        "/api/v1/users",
+        ('{"display_name": "' + "\u00e9" * 40 + '"}').encode(),
+        {},
+        400,
+        "invalid_request",
+    ),
     (
         "non-JSON",
         "POST",

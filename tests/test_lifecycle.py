@@ -4,6 +4,7 @@ STATE-3)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -117,3 +118,46 @@ async def test_device_sees_only_its_users_pending_requests(
     assert list(alice_sees) == [created["request_id"]]
     assert list(bob_sees) == []
     assert (status, body["error"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_pending_per_user": 3}])
+async def test_too_many_pending_requests_for_one_user_get_429(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+    for i in range(3):
+        await sigil.rp.request_signature(
+            user_id=user.user_id, hashes=[sha256(bytes([i]))], display_text="Sign?"
+        )
+
+    status, body = await sigil.rp.call(
+        "POST",
+        "/api/v1/signature-requests",
+        {
+            "user_id": user.user_id,
+            "hash_algorithm": "SHA-256",
+            "hashes": [base64.b64encode(sha256(b"x")).decode()],
+            "display_text": "Sign?",
+        },
+    )
+
+    assert (status, body["error"]) == (429, "too_many_pending_requests")
+    assert len(await sigil.store.list_requests(user_id=user.user_id)) == 3
+
+
+async def test_stopping_server_answers_open_long_polls_at_once(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+    created = await sigil.rp.request_signature(
+        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
+    )
+    poll = asyncio.create_task(sigil.rp.get(created["request_id"], wait=25))
+    await asyncio.sleep(0.2)
+
+    started = asyncio.get_running_loop().time()
+    sigil.service.watch.close()
+    result = await asyncio.wait_for(poll, 5)
+
+    assert result["state"] == "pending"
+    assert asyncio.get_running_loop().time() - started < 2

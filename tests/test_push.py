@@ -100,7 +100,7 @@ async def test_one_bad_subscription_does_not_stop_the_others_push3(
 ) -> None:
     user = await enrol()
     user.phone.push_status = 500
-    code = await sigil.rp.activation_code(user.user_id)
+    code = await sigil.operator_code(user.user_id)
     second = user.phone.clone_with_new_key(policy=Policy.APPROVE)
     async with second:
         await second.enrol(code)
@@ -115,7 +115,7 @@ async def test_unreachable_push_endpoint_leaves_request_pending_push2(
     sigil: Sigil, enrol: EnrolFactory
 ) -> None:
     user = await enrol(policy=Policy.SILENT)
-    code = await sigil.rp.activation_code(user.user_id)
+    code = await sigil.operator_code(user.user_id)
     gone = user.phone.clone_with_new_key(policy=Policy.SILENT)
     async with gone:
         await gone.enrol(code)

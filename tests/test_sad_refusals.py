@@ -308,7 +308,7 @@ async def test_sad_from_a_revoked_device_is_refused(
 ) -> None:
     user = await enrol(policy=Policy.SILENT)
     created, details = await _pending(sigil, user)
-    code = await sigil.rp.activation_code(user.user_id)
+    code = await sigil.operator_code(user.user_id)
     async with SimulatedPhone(sigil.url, policy=Policy.SILENT) as second:
         await second.enrol(code)
         assert second.device_id is not None

@@ -1,0 +1,143 @@
+"""Who may add a device to whom, and what an enrolment costs when it fails."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from mobile_stub import Policy, SimulatedPhone
+from mobile_stub.errors import EnrolmentError
+from server.service import activation_code_hash
+from tests.conftest_server import EnrolFactory, Sigil, make_settings
+
+
+async def test_relying_app_cannot_add_a_device_to_an_enrolled_user(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+
+    status, body = await sigil.rp.call(
+        "POST", f"/api/v1/users/{user.user_id}/activation-codes"
+    )
+
+    assert (status, body["error"]) == (409, "user_already_enrolled")
+    assert len(await sigil.store.list_devices(user_id=user.user_id)) == 1
+
+
+async def test_relying_app_cannot_issue_codes_for_another_apps_user(
+    sigil: Sigil,
+) -> None:
+    created = await sigil.rp.create_user("Frank")
+    other = await sigil.new_client("Other Bank")
+
+    status, body = await other.call(
+        "POST", f"/api/v1/users/{created['user_id']}/activation-codes"
+    )
+
+    assert (status, body["error"]) == (404, "unknown_user")
+
+
+async def test_operator_code_adds_a_second_device(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+    code = await sigil.operator_code(user.user_id)
+
+    async with SimulatedPhone(sigil.url, policy=Policy.SILENT) as second:
+        enrolment = await second.enrol(code)
+
+    assert enrolment.credential_id == user.credential_id
+    assert len(await sigil.store.list_devices(user_id=user.user_id)) == 2
+
+
+async def test_activation_code_is_read_without_case_or_dashes(sigil: Sigil) -> None:
+    created = await sigil.rp.create_user("Grace")
+    code = await sigil.rp.activation_code(created["user_id"])
+    typed = code.replace("-", " ").lower()
+
+    async with SimulatedPhone(sigil.url, policy=Policy.SILENT) as phone:
+        enrolment = await phone.enrol(typed)
+
+    assert enrolment.user_id == created["user_id"]
+
+
+async def test_new_activation_code_replaces_the_earlier_one(sigil: Sigil) -> None:
+    created = await sigil.rp.create_user("Heidi")
+    first = await sigil.rp.activation_code(created["user_id"])
+    second = await sigil.rp.activation_code(created["user_id"])
+
+    async with SimulatedPhone(sigil.url, policy=Policy.SILENT) as phone:
+        with pytest.raises(EnrolmentError) as raised:
+            await phone.enrol(first)
+        await phone.enrol(second)
+
+    assert raised.value.status == 403
+
+
+async def test_failed_enrolment_gives_the_activation_code_back(sigil: Sigil) -> None:
+    """One key enrolling for two users at once: the loser's code survives."""
+    ivan = await sigil.rp.create_user("Ivan")
+    judy = await sigil.rp.create_user("Judy")
+    codes = [
+        await sigil.rp.activation_code(ivan["user_id"]),
+        await sigil.rp.activation_code(judy["user_id"]),
+    ]
+    async with SimulatedPhone(sigil.url, policy=Policy.SILENT) as phone:
+        results = await asyncio.gather(
+            *(phone.enrol(code) for code in codes), return_exceptions=True
+        )
+    failed = [i for i, r in enumerate(results) if isinstance(r, EnrolmentError)]
+
+    assert len(failed) == 1
+    loser = results[failed[0]]
+    assert isinstance(loser, EnrolmentError) and loser.status == 409
+    async with SimulatedPhone(sigil.url, policy=Policy.SILENT) as retry:
+        enrolment = await retry.enrol(codes[failed[0]])
+    assert enrolment.user_id == [ivan, judy][failed[0]]["user_id"]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"allow_http_push": False}])
+async def test_plain_http_push_endpoint_is_refused_unless_allowed(
+    sigil: Sigil,
+) -> None:
+    created = await sigil.rp.create_user("Kim")
+    code = await sigil.rp.activation_code(created["user_id"])
+
+    async with SimulatedPhone(sigil.url, policy=Policy.SILENT) as phone:
+        with pytest.raises(EnrolmentError) as raised:
+            await phone.enrol(code)
+    assert raised.value.error == "invalid_push_subscription"
+    assert await sigil.store.list_devices(user_id=created["user_id"]) == []
+    # The code was not spent on the refused enrolment.
+    still_there = await sigil.store.consume_activation_code(
+        activation_code_hash(code), now=datetime.now(UTC)
+    )
+    assert still_there is not None
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "allowed"),
+    [
+        ("https://push.example/abc", True),
+        ("http://127.0.0.1:9/push", False),
+        ("https://user:secret@push.example/abc", False),
+        ("ftp://push.example/abc", False),
+        ("https:///no-host", False),
+        ("https://push.example:99999/x", False),
+    ],
+)
+def test_push_endpoint_rules(endpoint: str, allowed: bool) -> None:
+    from server.push import check_push_endpoint
+
+    assert (check_push_endpoint(endpoint, allow_http=False) is None) is allowed
+
+
+def test_development_settings_allow_http_push_only_when_configured() -> None:
+    from pathlib import Path
+
+    from server.config import Settings
+
+    assert Settings(home=Path("x")).allow_http_push is False
+    assert make_settings(Path("x")).allow_http_push is True
