@@ -9,6 +9,7 @@ covers, once per SAD.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -49,7 +50,15 @@ from sam.errors import (
     WrongVerificationCode,
 )
 from sam.sad import SadClaims, read_header, verify_sad
-from store import Device, DeviceStatus, RequestState, SignatureRequest, Store
+from store import (
+    AuditEvent,
+    Credential,
+    Device,
+    DeviceStatus,
+    RequestState,
+    SignatureRequest,
+    Store,
+)
 
 __all__ = ["SignatureActivationModule", "display_text_hash", "mechanism_for"]
 
@@ -103,6 +112,7 @@ class SignatureActivationModule:
         self._audience = audience
         self._clock = clock
         self._keys: dict[str, ECKey] = {}
+        self._credentials: dict[str, Credential] = {}
 
     @property
     def audience(self) -> str:
@@ -131,17 +141,10 @@ class SignatureActivationModule:
                     updates={"error": WrongVerificationCode.code},
                 )
                 raise WrongVerificationCode("the verification code picked is wrong")
-            approved = await self._consume(request, digest)
+            approved = await self._consume(request, device, digest)
         except ActivationError as e:
             await self._refused(request_id=request_id, sad=sad, error=e)
             raise
-        await self._audit(
-            "sad.accepted",
-            actor=f"device:{device.device_id}",
-            subject=f"request:{request_id}",
-            outcome="success",
-            details={"sad_sha256": digest, "user": device.user_id},
-        )
         return await self._sign(approved, claims)
 
     async def verify_and_reject(self, *, request_id: str, sad: str) -> SignatureRequest:
@@ -180,7 +183,11 @@ class SignatureActivationModule:
     ) -> tuple[Device, SadClaims, SignatureRequest]:
         header = read_header(sad)
 
-        device = await self._store.get_device(header.device_id)
+        # Both reads in one go: the checks below still run in their order.
+        device, request = await asyncio.gather(
+            self._store.get_device(header.device_id),
+            self._store.get_request(request_id),
+        )
         if device is None:
             raise UnknownDevice("the SAD was made by an unknown device")
         if device.status is not DeviceStatus.ACTIVE:
@@ -188,7 +195,6 @@ class SignatureActivationModule:
 
         claims = verify_sad(sad, self._device_key(device))
 
-        request = await self._store.get_request(request_id)
         if request is None:
             raise RequestNotFound("no such signature request")
 
@@ -267,6 +273,20 @@ class SignatureActivationModule:
             self._keys[device.device_id] = key
         return key
 
+    async def credential(self, credential_id: str) -> Credential | None:
+        """The credential, from memory after its first read."""
+        # A credential's key and certificate never change once issued.
+        # TODO(credential-revocation): nothing revokes a credential yet; once
+        # something does, this cache must see the change (or go).
+        credential = self._credentials.get(credential_id)
+        if credential is None:
+            credential = await self._store.get_credential(credential_id)
+            if credential is not None:
+                if len(self._credentials) > 10_000:
+                    self._credentials.clear()
+                self._credentials[credential_id] = credential
+        return credential
+
     @staticmethod
     def _not_pending(request: SignatureRequest) -> ActivationError:
         if request.state in (RequestState.APPROVED, RequestState.SIGNED):
@@ -286,9 +306,10 @@ class SignatureActivationModule:
     # -- activation --------------------------------------------------------
 
     async def _consume(
-        self, request: SignatureRequest, digest: str
+        self, request: SignatureRequest, device: Device, digest: str
     ) -> SignatureRequest:
-        """Consume the SAD: one atomic pending -> approved move (SAD-4)."""
+        """Consume the SAD: one atomic pending -> approved move (SAD-4),
+        recorded together with its acceptance."""
         approved = await self._store.transition(
             request.request_id,
             from_states=(RequestState.PENDING,),
@@ -296,6 +317,13 @@ class SignatureActivationModule:
             now=self._clock(),
             not_expired=True,
             updates={"sad_digest": digest},
+            audit=AuditEvent(
+                "sad.accepted",
+                actor=f"device:{device.device_id}",
+                subject=f"request:{request.request_id}",
+                outcome="success",
+                details={"sad_sha256": digest, "user": device.user_id},
+            ),
         )
         if approved is None:
             raise await self._lost_race(request.request_id)
@@ -306,7 +334,7 @@ class SignatureActivationModule:
     ) -> SignatureRequest:
         """Sign exactly the hashes the verified SAD covers (SAD-5)."""
         try:
-            credential = await self._store.get_credential(request.credential_id)
+            credential = await self.credential(request.credential_id)
             if (
                 credential is None
                 or credential.user_id != request.user_id
@@ -350,17 +378,18 @@ class SignatureActivationModule:
             to_state=RequestState.SIGNED,
             now=self._clock(),
             updates={"signatures": tuple(signatures)},
+            audit=AuditEvent(
+                "key.use",
+                actor="sam",
+                subject=f"credential:{request.credential_id}",
+                outcome="success",
+                details={"request": request.request_id, "signatures": len(signatures)},
+            ),
         )
         if signed is None:
-            # Only this path leaves "approved"; anything else is a broken store.
+            # Only recovery moves a request out of "approved" meanwhile: it
+            # judged this signing lost. The signatures are dropped unused.
             raise SigningFailed("the request left the approved state while signing")
-        await self._audit(
-            "key.use",
-            actor="sam",
-            subject=f"credential:{request.credential_id}",
-            outcome="success",
-            details={"request": request.request_id, "signatures": len(signatures)},
-        )
         log.debug("request %s signed", request.request_id)
         return signed
 

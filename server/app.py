@@ -15,13 +15,13 @@ from aiohttp import web
 from hsm import Hsm
 from sam import SignatureActivationModule
 from server import device_api, rp_api
-from server.auth import DeviceAuthenticator
+from server.auth import ClientAuthenticator, DeviceAuthenticator
 from server.ca import load_ca
 from server.config import ConfigError, Settings
 from server.errors import error_middleware
 from server.push import PushSender, load_or_create_vapid, vapid_public_key
 from server.service import Service
-from server.state import DEVICE_AUTH, SERVICE
+from server.state import CLIENT_AUTH, DEVICE_AUTH, SERVICE
 from store import Store, open_store
 
 __all__ = ["Parts", "build_service", "create_app", "open_parts"]
@@ -96,6 +96,7 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
     app.add_routes(rp_api.routes)
     app.add_routes(device_api.routes)
     app[DEVICE_AUTH] = DeviceAuthenticator(parts.store)
+    app[CLIENT_AUTH] = ClientAuthenticator(parts.store)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as session:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,10 +27,10 @@ from server.errors import ApiError
 from store import Client, Device, DeviceStatus, Store
 
 __all__ = [
+    "ClientAuthenticator",
     "DeviceAuthenticator",
     "DeviceProof",
     "api_key_hash",
-    "authenticate_client",
     "new_api_key",
 ]
 
@@ -58,18 +59,39 @@ def _unauthorized(description: str, scheme: str = "Device") -> ApiError:
     )
 
 
-async def authenticate_client(request: web.Request, store: Store) -> Client:
-    """Find the relying app by the API key in ``Authorization: Bearer``."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise _unauthorized(
-            "an API key is required: Authorization: Bearer <key>", "Bearer"
-        )
-    client = await store.client_by_key_hash(api_key_hash(key.strip()))
-    if client is None:
-        raise _unauthorized("the API key is not valid", "Bearer")
-    return client
+class ClientAuthenticator:
+    """Finds the relying app by the API key in ``Authorization: Bearer``.
+
+    Known keys are remembered for ``ttl`` seconds, which spares a store read
+    on every call of a busy relying app. Unknown keys are never remembered.
+    """
+
+    def __init__(self, store: Store, *, ttl: float = 30.0) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._known: dict[str, tuple[float, Client]] = {}
+
+    async def verify(self, request: web.Request) -> Client:
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise _unauthorized(
+                "an API key is required: Authorization: Bearer <key>", "Bearer"
+            )
+        digest = api_key_hash(key.strip())
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and known[0] > now:
+            return known[1]
+        # TODO(key-revocation): no command revokes an API key yet; when one
+        # does, a revoked key keeps working here for at most ``ttl`` seconds.
+        client = await self._store.client_by_key_hash(digest)
+        if client is None:
+            raise _unauthorized("the API key is not valid", "Bearer")
+        if len(self._known) > 10_000:
+            self._known.clear()
+        self._known[digest] = (now + self._ttl, client)
+        return client
 
 
 @dataclass(frozen=True, slots=True)

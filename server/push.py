@@ -91,15 +91,16 @@ class PushSender:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._tokens: dict[str, tuple[float, dict[str, str]]] = {}
 
-    async def notify(self, request: SignatureRequest) -> int:
-        """Push the challenge; return how many devices accepted it.
-
-        One failing subscription never stops the others (PUSH-3).
+    async def notify(self, request: SignatureRequest, devices: list[Device]) -> int:
+        """Push the challenge to the signer's ``devices``; return how many
+        accepted it. One failing subscription never stops the others (PUSH-3).
         """
         devices = [
             d
-            for d in await self._store.list_devices(user_id=request.user_id)
-            if d.status is DeviceStatus.ACTIVE and d.push_subscription
+            for d in devices
+            if d.user_id == request.user_id
+            and d.status is DeviceStatus.ACTIVE
+            and d.push_subscription
         ]
         if not devices:
             log.info("request %s: no device can be pushed to", request.request_id)

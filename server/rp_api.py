@@ -6,9 +6,8 @@ import logging
 
 from aiohttp import web
 
-from server.auth import authenticate_client
 from server.errors import ApiError
-from server.state import SERVICE
+from server.state import CLIENT_AUTH, SERVICE
 from server.validation import read_json
 from server.views import b64, iso, request_for_client, user_view
 
@@ -22,7 +21,7 @@ routes = web.RouteTableDef()
 @routes.post("/api/v1/users")
 async def create_user(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    client = await authenticate_client(request, service.store)
+    client = await request.app[CLIENT_AUTH].verify(request)
     _, body = await read_json(request, "create_user")
     user = await service.create_user(
         display_name=body["display_name"],
@@ -37,7 +36,7 @@ async def create_user(request: web.Request) -> web.Response:
 @routes.post("/api/v1/users/{user_id}/activation-codes")
 async def create_activation_code(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    client = await authenticate_client(request, service.store)
+    client = await request.app[CLIENT_AUTH].verify(request)
     issued = await service.issue_activation_code(
         request.match_info["user_id"], client=client
     )
@@ -51,10 +50,10 @@ async def create_activation_code(request: web.Request) -> web.Response:
 @routes.post("/api/v1/signature-requests")
 async def create_request(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    client = await authenticate_client(request, service.store)
+    client = await request.app[CLIENT_AUTH].verify(request)
     _, body = await read_json(request, "create_request")
     created, new = await service.create_request(client, body)
-    credential = await service.store.get_credential(created.credential_id)
+    credential = await service.sam.credential(created.credential_id)
     return web.json_response(
         request_for_client(created, credential), status=201 if new else 200
     )
@@ -63,7 +62,7 @@ async def create_request(request: web.Request) -> web.Response:
 @routes.get("/api/v1/signature-requests/{request_id}")
 async def get_request(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    client = await authenticate_client(request, service.store)
+    client = await request.app[CLIENT_AUTH].verify(request)
     raw_wait = request.query.get("wait", "0")
     try:
         wait = float(raw_wait)
@@ -80,14 +79,14 @@ async def get_request(request: web.Request) -> web.Response:
     found = await service.wait_for_change(
         request.match_info["request_id"], client.client_id, wait
     )
-    credential = await service.store.get_credential(found.credential_id)
+    credential = await service.sam.credential(found.credential_id)
     return web.json_response(request_for_client(found, credential))
 
 
 @routes.post("/api/v1/signature-requests/{request_id}/cancel")
 async def cancel_request(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    client = await authenticate_client(request, service.store)
+    client = await request.app[CLIENT_AUTH].verify(request)
     cancelled = await service.cancel(request.match_info["request_id"], client)
     return web.json_response(request_for_client(cancelled, None))
 

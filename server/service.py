@@ -268,10 +268,13 @@ class Service:
             )
 
         credential = await self._resolve_credential(body)
-        pending = await self.store.list_requests(
-            user_id=credential.user_id,
-            states=(RequestState.PENDING,),
-            limit=self.settings.max_pending_per_user,
+        pending, devices = await asyncio.gather(
+            self.store.list_requests(
+                user_id=credential.user_id,
+                states=(RequestState.PENDING,),
+                limit=self.settings.max_pending_per_user,
+            ),
+            self.store.list_devices(user_id=credential.user_id),
         )
         if len(pending) >= self.settings.max_pending_per_user:
             raise ApiError(
@@ -280,10 +283,8 @@ class Service:
                 "the user has too many requests waiting for a decision",
                 headers={"Retry-After": "10"},
             )
-        if not any(
-            d.status is DeviceStatus.ACTIVE
-            for d in await self.store.list_devices(user_id=credential.user_id)
-        ):
+        active = [d for d in devices if d.status is DeviceStatus.ACTIVE]
+        if not active:
             raise ApiError(400, "user_not_enrolled", "the user has no active device")
 
         now = utcnow()
@@ -329,7 +330,7 @@ class Service:
             "success",
             {"hashes": len(normalized), "credential": credential.credential_id},
         )
-        self.push_later(stored)
+        self.push_later(stored, active)
         return stored, True
 
     async def _resolve_credential(self, body: dict[str, Any]) -> Credential:
@@ -346,10 +347,10 @@ class Service:
                 return credential
         raise ApiError(400, "user_not_enrolled", "the user has no signing credential")
 
-    def push_later(self, request: SignatureRequest) -> None:
+    def push_later(self, request: SignatureRequest, devices: list[Device]) -> None:
         if self.pusher is None:
             return
-        task = asyncio.create_task(self.pusher.notify(request))
+        task = asyncio.create_task(self.pusher.notify(request, devices))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

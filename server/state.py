@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.auth import DeviceAuthenticator
+from server.auth import ClientAuthenticator, DeviceAuthenticator
 from server.service import Service
 
-__all__ = ["DEVICE_AUTH", "SERVICE"]
+__all__ = ["CLIENT_AUTH", "DEVICE_AUTH", "SERVICE"]
 
 SERVICE = web.AppKey("service", Service)
 DEVICE_AUTH = web.AppKey("device_auth", DeviceAuthenticator)
+CLIENT_AUTH = web.AppKey("client_auth", ClientAuthenticator)

@@ -10,6 +10,7 @@ from store.base import Store
 from store.errors import DuplicateError, StoreError, StoreUnavailable
 from store.models import (
     ActivationCode,
+    AuditEvent,
     AuditRecord,
     Client,
     Credential,
@@ -22,6 +23,7 @@ from store.models import (
 
 __all__ = [
     "ActivationCode",
+    "AuditEvent",
     "AuditRecord",
     "Client",
     "Credential",

@@ -15,6 +15,7 @@ from typing import Any
 
 from store.models import (
     ActivationCode,
+    AuditEvent,
     AuditRecord,
     Client,
     Credential,
@@ -158,6 +159,7 @@ class Store(abc.ABC):
         now: datetime,
         not_expired: bool = False,
         updates: Mapping[str, Any] | None = None,
+        audit: AuditEvent | None = None,
     ) -> SignatureRequest | None:
         """Move a request in one conditional update.
 
@@ -165,6 +167,9 @@ class Store(abc.ABC):
         and, when ``not_expired`` is set, ``expires_at > now``. ``updates``
         may set ``signatures``, ``sad_digest`` and ``error``. A final state
         sets ``finished_at = now``. Returns the new record or ``None``.
+
+        ``audit``, when given, is appended (at time ``now``) only if the move
+        happens, and atomically with it where the backend can.
         """
 
     @abc.abstractmethod

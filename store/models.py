@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "ActivationCode",
+    "AuditEvent",
     "AuditRecord",
     "Client",
     "Credential",
@@ -119,6 +120,17 @@ class SignatureRequest:
     sad_digest: str | None = None
     error: str | None = None
     finished_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """An audit record to append, before it has a place in the chain."""
+
+    event: str
+    actor: str
+    subject: str
+    outcome: str
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

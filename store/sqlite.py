@@ -1,13 +1,12 @@
-"""The embedded store: one SQLite file in WAL mode, driven by aiosqlite.
+"""The embedded store: one SQLite file in WAL mode, on a batching worker thread.
 
-Every write is a single SQL statement running in SQLite's autocommit mode,
-so each is atomic on its own, across connections and processes: request
-moves are conditional ``UPDATE ... RETURNING`` (STATE-1), single-use values
-are ``INSERT ... ON CONFLICT`` or ``DELETE ... RETURNING``, and an audit
-append reads the chain head and inserts the next link in one ``INSERT ...
-SELECT`` (AUD-3). No multi-statement transaction is ever left open on the
-shared connection, so concurrent coroutines cannot end up inside each
-other's transactions.
+Every change is one job of the worker (store._sqlite_worker): request moves
+are conditional ``UPDATE ... RETURNING`` (STATE-1), single-use values are
+``INSERT ... ON CONFLICT`` or ``DELETE ... RETURNING``, and an audit append
+reads the chain head and inserts the next link inside the worker's
+``BEGIN IMMEDIATE`` transaction, so no other process appends in between
+(AUD-3). Each job runs under its own savepoint: it succeeds or leaves no
+trace, whatever the other jobs of its batch do.
 """
 
 # Interpolated SQL below is only ever module constants or column names from
@@ -16,16 +15,13 @@ other's transactions.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from store._rules import (
     STALE_APPROVAL_ERROR,
@@ -51,11 +47,13 @@ from store._sqlite_rows import (
     user_from_row,
 )
 from store._sqlite_schema import SCHEMA, SCHEMA_VERSION
+from store._sqlite_worker import SqliteWorker
 from store.audit import GENESIS_HASH, canonical_json, chain_hash
 from store.base import Store
 from store.errors import DuplicateError, StoreError, StoreUnavailable
 from store.models import (
     ActivationCode,
+    AuditEvent,
     AuditRecord,
     Client,
     Credential,
@@ -70,9 +68,8 @@ __all__ = ["SqliteStore"]
 
 logger = logging.getLogger(__name__)
 
-# aiosqlite logs every statement with its parameters at DEBUG, and those
-# parameters include request nonces and signatures (SAD-6): keep it quiet.
-logging.getLogger("aiosqlite").setLevel(logging.INFO)
+T = TypeVar("T")
+
 
 # Expired single-use values, challenges and activation codes are deleted
 # once every this many use_once() calls.
@@ -90,47 +87,6 @@ DO NOTHING
 RETURNING {REQUEST_COLUMNS}
 """
 
-# The next seq and the head's hash are read by the same statement that
-# writes the new link. SQLite takes the write lock when an INSERT starts,
-# so no other connection can append between the read and the write.
-_APPEND_AUDIT = """
-INSERT INTO audit (seq, time, event, actor, subject, outcome, details,
-                   prev_hash, hash)
-SELECT head.seq, :time, :event, :actor, :subject, :outcome, :details,
-       head.prev_hash,
-       sigil_chain_hash(head.prev_hash, head.seq, :time, :event, :actor,
-                        :subject, :outcome, :details)
-FROM (
-    SELECT coalesce(max(seq), 0) + 1 AS seq,
-           coalesce((SELECT hash FROM audit ORDER BY seq DESC LIMIT 1),
-                    :genesis) AS prev_hash
-    FROM audit
-) AS head
-RETURNING seq, prev_hash, hash
-"""
-
-
-def _sql_chain_hash(
-    prev_hash: str,
-    seq: int,
-    time_us: int,
-    event: str,
-    actor: str,
-    subject: str,
-    outcome: str,
-    details: str,
-) -> str:
-    return chain_hash(
-        prev_hash=prev_hash,
-        seq=seq,
-        time=from_us(time_us),
-        event=event,
-        actor=actor,
-        subject=subject,
-        outcome=outcome,
-        details=json.loads(details),
-    )
-
 
 def _placeholders(count: int) -> str:
     return ", ".join("?" * count)
@@ -142,85 +98,75 @@ class SqliteStore(Store):
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
         self._path = str(path)
         self._busy_timeout_ms = busy_timeout_ms
-        self._db: aiosqlite.Connection | None = None
+        self._worker: SqliteWorker | None = None
         self._use_once_calls = 0
 
     def __repr__(self) -> str:
         return f"SqliteStore({self._path!r})"
 
     # -- plumbing -----------------------------------------------------------
-    def _conn(self) -> aiosqlite.Connection:
-        if self._db is None:
+    async def _run(self, job: Callable[[sqlite3.Connection], T], *, writes: bool) -> T:
+        worker = self._worker
+        if worker is None:
             raise StoreUnavailable("the SQLite store is not open")
-        return self._db
+        try:
+            return await worker.run(job, writes=writes)
+        except sqlite3.Error as e:
+            raise _translate(e) from e
 
     async def _query(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> list[sqlite3.Row]:
         """Run one statement; return its rows (``RETURNING`` included)."""
-        db = self._conn()
-        try:
-            return list(await db.execute_fetchall(sql, params))
-        except sqlite3.Error as e:
-            raise _translate(e) from e
+        writes = not sql.lstrip().upper().startswith("SELECT")
+        return await self._run(
+            lambda db: db.execute(sql, params).fetchall(), writes=writes
+        )
 
     async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; return the number of rows it changed."""
-        db = self._conn()
-        try:
-            async with db.execute(sql, params) as cursor:
-                return int(cursor.rowcount)
-        except sqlite3.Error as e:
-            raise _translate(e) from e
+        return await self._run(
+            lambda db: int(db.execute(sql, params).rowcount), writes=True
+        )
 
     # -- life cycle -----------------------------------------------------------
     async def open(self) -> None:
-        if self._db is not None:
+        if self._worker is not None:
             return
+        worker = SqliteWorker(self._connect)
         try:
-            # Try the file with a plain connection first: when aiosqlite's own
-            # connect fails, it leaves its worker thread finishing on its own,
-            # which may outlive the event loop.
-            await asyncio.to_thread(_probe, self._path)
-            db = await aiosqlite.connect(self._path, isolation_level=None)
+            await worker.start()
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot open SQLite database: {e}") from e
-
-        try:
-            await self._prepare(db)
-        except BaseException:
-            await db.close()
-            raise
-        self._db = db
+        self._worker = worker
         logger.debug("opened SQLite store at %s", self._path)
 
-    async def _prepare(self, db: aiosqlite.Connection) -> None:
-        db.row_factory = sqlite3.Row
+    def _connect(self) -> sqlite3.Connection:
+        """Open and prepare the connection (on the worker thread)."""
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
         try:
-            await db.execute_fetchall(
-                f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}"
-            )
-            rows = list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
-            # With WAL, NORMAL never corrupts the file; a power cut (not a
-            # process crash) may drop the last commits.
-            await db.execute_fetchall("PRAGMA synchronous = NORMAL")
-            await db.execute_fetchall("PRAGMA foreign_keys = ON")
-            await db.create_function(
-                "sigil_chain_hash", 8, _sql_chain_hash, deterministic=True
-            )
-            async with db.executescript(SCHEMA):
-                pass
-            await db.execute_fetchall(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-            version_rows = list(
-                await db.execute_fetchall(
-                    "SELECT value FROM meta WHERE key = 'schema_version'"
-                )
-            )
-        except sqlite3.Error as e:
-            raise _translate(e) from e
+            self._prepare(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        rows = db.execute("PRAGMA journal_mode = WAL").fetchall()
+        # With WAL, NORMAL never corrupts the file; a power cut (not a
+        # process crash) may drop the last commits.
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        db.executescript(SCHEMA)
+        db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+        version_rows = db.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        ).fetchall()
 
         journal_mode = rows[0][0] if rows else None
         if journal_mode != "wal" and self._path != ":memory:":
@@ -238,13 +184,10 @@ class SqliteStore(Store):
             )
 
     async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is None:
+        worker, self._worker = self._worker, None
+        if worker is None:
             return
-        try:
-            await db.close()
-        except sqlite3.Error as e:
-            raise _translate(e) from e
+        await worker.stop()
         logger.debug("closed SQLite store at %s", self._path)
 
     # -- settings -----------------------------------------------------------
@@ -570,6 +513,7 @@ class SqliteStore(Store):
         now: datetime,
         not_expired: bool = False,
         updates: Mapping[str, Any] | None = None,
+        audit: AuditEvent | None = None,
     ) -> SignatureRequest | None:
         states = sorted(s.value for s in check_transition(from_states, to_state))
         to_state = RequestState(to_state)
@@ -598,11 +542,19 @@ class SqliteStore(Store):
             condition += " AND expires_at > ?"
             params.append(now_us)
 
-        rows = await self._query(
+        sql = (
             f"UPDATE requests SET {', '.join(assignments)}"
-            f" WHERE {condition} RETURNING {REQUEST_COLUMNS}",
-            params,
+            f" WHERE {condition} RETURNING {REQUEST_COLUMNS}"
         )
+
+        def move(db: sqlite3.Connection) -> list[sqlite3.Row]:
+            # The move and its audit record commit together, or neither does.
+            rows = db.execute(sql, params).fetchall()
+            if rows and audit is not None:
+                _append_audit(db, now_us, audit)
+            return rows
+
+        rows = await self._run(move, writes=True)
         if not rows:
             logger.debug("request %s not moved to %s", request_id, to_state.value)
             return None
@@ -661,32 +613,9 @@ class SqliteStore(Store):
     ) -> AuditRecord:
         # The stored text is what gets hashed, so a record read back later
         # verifies exactly (tuples become lists, and so on, before hashing).
-        details_json = canonical_json(dict(details or {}))
-        time_us = to_us(time, "time")
-        rows = await self._query(
-            _APPEND_AUDIT,
-            {
-                "time": time_us,
-                "event": event,
-                "actor": actor,
-                "subject": subject,
-                "outcome": outcome,
-                "details": details_json,
-                "genesis": GENESIS_HASH,
-            },
-        )
-        row = rows[0]
-        return AuditRecord(
-            seq=row["seq"],
-            time=from_us(time_us),
-            event=event,
-            actor=actor,
-            subject=subject,
-            outcome=outcome,
-            details=json.loads(details_json),
-            prev_hash=row["prev_hash"],
-            hash=row["hash"],
-        )
+        entry = AuditEvent(event, actor, subject, outcome, dict(details or {}))
+        stamp = to_us(time, "time")
+        return await self._run(lambda db: _append_audit(db, stamp, entry), writes=True)
 
     async def audit_records(
         self, *, after_seq: int = 0, limit: int = 1000
@@ -699,6 +628,56 @@ class SqliteStore(Store):
         return [audit_from_row(row) for row in rows]
 
 
+def _append_audit(
+    db: sqlite3.Connection, time_us: int, entry: AuditEvent
+) -> AuditRecord:
+    """Append one link; runs inside the worker's write transaction, so no
+    other append, in this process or another, comes between read and write."""
+    details_json = canonical_json(entry.details)
+    details = json.loads(details_json)  # what is stored is what is hashed
+    when = from_us(time_us)
+    head = db.execute(
+        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+    digest = chain_hash(
+        prev_hash=prev_hash,
+        seq=seq,
+        time=when,
+        event=entry.event,
+        actor=entry.actor,
+        subject=entry.subject,
+        outcome=entry.outcome,
+        details=details,
+    )
+    db.execute(
+        "INSERT INTO audit (seq, time, event, actor, subject, outcome, details,"
+        " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            seq,
+            time_us,
+            entry.event,
+            entry.actor,
+            entry.subject,
+            entry.outcome,
+            details_json,
+            prev_hash,
+            digest,
+        ),
+    )
+    return AuditRecord(
+        seq=seq,
+        time=when,
+        event=entry.event,
+        actor=entry.actor,
+        subject=entry.subject,
+        outcome=entry.outcome,
+        details=details,
+        prev_hash=prev_hash,
+        hash=digest,
+    )
+
+
 def _translate(e: sqlite3.Error) -> StoreError:
     """Turn a driver error into the store's own (errors.py)."""
     if isinstance(e, sqlite3.IntegrityError):
@@ -708,7 +687,3 @@ def _translate(e: sqlite3.Error) -> StoreError:
     if isinstance(e, sqlite3.OperationalError):
         return StoreUnavailable(f"SQLite: {e}")
     return StoreError(f"SQLite: {e}")
-
-
-def _probe(path: str | Path) -> None:
-    sqlite3.connect(path).close()

@@ -17,6 +17,7 @@ import pytest
 
 from store import (
     ActivationCode,
+    AuditEvent,
     Client,
     Credential,
     Device,
@@ -519,6 +520,50 @@ async def test_transition_from_a_state_not_named_changes_nothing(
 
     assert moved is None
     assert await store.get_request("req-1") == make_request(state=APPROVED)
+
+
+async def test_transition_appends_its_audit_record_when_it_moves(
+    store: Store,
+) -> None:
+    """AUD-1, STATE-1: a state change and its audit record go together."""
+    await seed(store)
+    await add_request(store)
+    event = AuditEvent("sad.accepted", "device:d", "request:req-1", "success", {"n": 1})
+
+    moved = await store.transition(
+        "req-1", from_states=[PENDING], to_state=APPROVED, now=T0, audit=event
+    )
+    again = await store.transition(
+        "req-1", from_states=[PENDING], to_state=APPROVED, now=T0, audit=event
+    )
+
+    assert moved is not None and again is None
+    records = list(await store.audit_records())
+    assert [(r.event, r.subject, r.details, r.time) for r in records] == [
+        ("sad.accepted", "request:req-1", {"n": 1}, T0)
+    ]
+    assert verify_chain(records).ok
+
+
+async def test_concurrent_transitions_with_audit_leave_one_record(
+    store: Store,
+) -> None:
+    """SAD-4: of twenty racing moves one wins, and only it is audited."""
+    await seed(store)
+    await add_request(store)
+    event = AuditEvent("sad.accepted", "device:d", "request:req-1", "success")
+
+    results = await asyncio.gather(
+        *(
+            store.transition(
+                "req-1", from_states=[PENDING], to_state=APPROVED, now=T0, audit=event
+            )
+            for _ in range(20)
+        )
+    )
+
+    assert sum(r is not None for r in results) == 1
+    assert len(await store.audit_records()) == 1
 
 
 async def test_transition_of_unknown_request_is_none(store: Store) -> None:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
 import store.sqlite
@@ -42,9 +41,20 @@ async def second_store(
     await opened.close()
 
 
-async def raw_query(path: Path, sql: str, *params: object) -> list[sqlite3.Row]:
-    async with aiosqlite.connect(path, isolation_level=None) as db:
-        return list(await db.execute_fetchall(sql, params))
+async def raw_query(path: Path, *statements: str) -> list[sqlite3.Row]:
+    """Run statements on a connection of its own, behind the store's back."""
+
+    def run() -> list[sqlite3.Row]:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            rows: list[sqlite3.Row] = []
+            for sql in statements:
+                rows = db.execute(sql).fetchall()
+            return rows
+        finally:
+            db.close()
+
+    return await asyncio.to_thread(run)
 
 
 async def append(target: SqliteStore, i: int) -> None:
@@ -188,9 +198,11 @@ async def test_tampered_audit_row_is_detected(
         await append(sqlite_store, i)
     assert verify_chain(await sqlite_store.audit_records()).ok
 
-    async with aiosqlite.connect(db_path, isolation_level=None) as db:
-        await db.execute("DROP TRIGGER audit_no_update")
-        await db.execute("UPDATE audit SET outcome = 'failure' WHERE seq = 3")
+    await raw_query(
+        db_path,
+        "DROP TRIGGER audit_no_update",
+        "UPDATE audit SET outcome = 'failure' WHERE seq = 3",
+    )
 
     result = verify_chain(await sqlite_store.audit_records())
     assert not result.ok
