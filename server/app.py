@@ -14,6 +14,7 @@ from aiohttp import web
 
 from hsm import Hsm
 from sam import SignatureActivationModule
+from sam.checkpoint import audit_key_id
 from server import device_api, rp_api
 from server.auth import ClientAuthenticator, DeviceAuthenticator
 from server.ca import load_ca
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 SWEEP_INTERVAL = 1.0
+# A signed audit checkpoint every this many sweeps (and one at stop).
+CHECKPOINT_EVERY = 60
 
 
 @dataclass(slots=True)
@@ -79,7 +82,11 @@ async def build_service(
     sam = SignatureActivationModule(
         store=parts.store, hsm=parts.hsm, audience=settings.audience
     )
+    audit_key = await audit_key_id(parts.store)
+    if audit_key is None:
+        log.warning("no audit key: run `sigil init`; audit checkpoints are off")
     return Service(
+        audit_key_id=audit_key,
         settings=settings,
         store=parts.store,
         hsm=parts.hsm,
@@ -125,6 +132,10 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
                     subject="server",
                     outcome="success",
                 )
+                try:
+                    await service.checkpoint()
+                except Exception:
+                    log.exception("the closing audit checkpoint failed")
 
     async def wake_long_polls(app: web.Application) -> None:
         app[SERVICE].watch.close()
@@ -135,12 +146,16 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
 
 
 async def _sweep_forever(service: Service) -> None:
+    sweeps = 0
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
+        sweeps += 1
         try:
             await service.sweep()
+            if sweeps % CHECKPOINT_EVERY == 0:
+                await service.checkpoint()
         except Exception:
-            log.exception("sweeping expired requests failed")
+            log.exception("housekeeping failed")
 
 
 def _now() -> datetime:

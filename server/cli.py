@@ -127,6 +127,7 @@ def _write_config(home: Path, *, softhsm: bool) -> None:
 
 async def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     from hsm.softhsm import init_softhsm_token
+    from sam.checkpoint import ensure_audit_key
     from server.app import open_parts
     from server.ca import ensure_ca
     from server.push import load_or_create_vapid
@@ -155,6 +156,7 @@ async def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     parts = await open_parts(settings)
     try:
         ca = await ensure_ca(parts.hsm, parts.store, common_name="Sigil Development CA")
+        await ensure_audit_key(parts.hsm, parts.store)
         if settings.vapid_key_file is not None:
             load_or_create_vapid(settings.vapid_key_file)
         cert = x509.load_der_x509_certificate(ca.certificate_der)
@@ -408,29 +410,69 @@ async def cmd_request_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from sam.checkpoint import CHECKPOINT_EVENT, audit_key_id, verify_checkpoints
+    from server.app import open_parts
     from store.audit import verify_chain
 
-    store = await _with_store(settings)
+    parts = await open_parts(settings)
     try:
         records: list[AuditRecord] = []
         after = 0
-        while True:
-            page = await store.audit_records(after_seq=after, limit=1000)
-            if not page:
-                break
+        while page := await parts.store.audit_records(after_seq=after, limit=1000):
             records.extend(page)
             after = page[-1].seq
+        key_id = await audit_key_id(parts.store)
+        public_key = (
+            (await parts.hsm.get_key(key_id)).public_key_der if key_id else None
+        )
     finally:
-        await store.close()
-    result = verify_chain(records)
-    if result.ok:
-        print(f"audit chain intact: {result.checked} records")
-        return 0
-    print(
-        f"audit chain BROKEN at record {result.first_bad_seq}: {result.reason}",
-        file=sys.stderr,
+        await parts.close()
+
+    chain = verify_chain(records)
+    if not chain.ok:
+        print(
+            f"audit chain BROKEN at record {chain.first_bad_seq}: {chain.reason}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"audit chain intact: {chain.checked} records")
+    if public_key is None:
+        print("no audit key in the HSM: checkpoints cannot be checked", file=sys.stderr)
+        return 1
+    seals = verify_checkpoints(records, public_key)
+    if not seals.ok:
+        print(f"audit checkpoints BROKEN: {seals.problem}", file=sys.stderr)
+        return 1
+    uncovered = sum(
+        1 for r in records if r.seq > seals.covered_seq and r.event != CHECKPOINT_EVENT
     )
-    return 1
+    print(
+        f"signed checkpoints: {seals.checkpoints}, covering records 1 to "
+        f"{seals.covered_seq}; {uncovered} later record(s) rest on the chain alone"
+    )
+    return 0
+
+
+async def cmd_audit_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
+    from sam.checkpoint import audit_key_id, write_checkpoint
+    from server.app import open_parts
+
+    parts = await open_parts(settings)
+    try:
+        key_id = await audit_key_id(parts.store)
+        if key_id is None:
+            print("error: no audit key: run `sigil init`", file=sys.stderr)
+            return 2
+        record = await write_checkpoint(
+            parts.store, parts.hsm, key_id, now=datetime.now(UTC)
+        )
+    finally:
+        await parts.close()
+    if record is None:
+        print("the last record is a checkpoint already")
+    else:
+        print(f"checkpoint {record.seq} signs records up to {record.seq - 1}")
+    return 0
 
 
 async def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -630,8 +672,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    p = audit.add_parser("verify", help="check the hash chain of the audit trail")
+    p = audit.add_parser(
+        "verify", help="check the hash chain and the signed checkpoints"
+    )
     p.set_defaults(func=cmd_audit_verify)
+    p = audit.add_parser(
+        "checkpoint", help="sign the audit trail so far with the HSM's audit key"
+    )
+    p.set_defaults(func=cmd_audit_checkpoint)
     p = audit.add_parser("list", help="show audit records")
     p.add_argument("--after", type=int, default=0, help="start after this record")
     p.add_argument("--limit", type=_positive, default=100)

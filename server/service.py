@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from hsm import HashAlg, Hsm, HsmError, KeyType
 from hsm.x509 import InvalidCsr, build_csr
 from sam import SignatureActivationModule, code_choices, verification_code
+from sam.checkpoint import write_checkpoint
 from server.ca import DevelopmentCA
 from server.config import Settings
 from server.errors import ApiError
@@ -89,6 +90,7 @@ class Service:
     pusher: PushSender | None
     watch: RequestWatch = field(default_factory=RequestWatch)
     vapid_public_key: str = ""
+    audit_key_id: str | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _client_names: dict[str, str] = field(default_factory=dict)
 
@@ -483,6 +485,12 @@ class Service:
             )
         retention = timedelta(seconds=self.settings.finished_retention)
         await self.store.purge_finished(before=now - retention)
+
+    async def checkpoint(self) -> None:
+        """Seal the audit trail so far with a signed checkpoint (AUD-3)."""
+        if self.audit_key_id is None:
+            return
+        await write_checkpoint(self.store, self.hsm, self.audit_key_id, now=utcnow())
 
     async def recover(self) -> None:
         """Fail requests a crash left half-way through signing (STATE-3)."""

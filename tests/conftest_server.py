@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from hsm import Hsm
 from mobile_stub import Policy, SimulatedPhone
 from rp_client import RelyingPartyClient
+from sam.checkpoint import ensure_audit_key
 from server.app import Parts, create_app
 from server.auth import api_key_hash, new_api_key
 from server.ca import ensure_ca
@@ -99,6 +100,7 @@ async def sigil(
     store = SqliteStore(tmp_path / "sigil.db")
     await store.open()
     await ensure_ca(hsm, store, common_name="Sigil Test CA")
+    await ensure_audit_key(hsm, store)
     app = create_app(settings, Parts(store=store, hsm=hsm))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()

@@ -31,6 +31,7 @@ SUBCOMMANDS = [
     ["credential", "list"],
     ["request", "list"],
     ["audit", "verify"],
+    ["audit", "checkpoint"],
     ["audit", "list"],
     ["verify"],
 ]
@@ -162,6 +163,18 @@ def test_verify_accepts_a_good_signature_and_refuses_a_tampered_file(
     assert "signature valid" in good.stdout
     assert bad.returncode == 1
     assert "INVALID" in bad.stderr
+
+
+def test_operator_seals_the_audit_trail_aud3(home: Path) -> None:
+    sealed = _run(home, "audit", "checkpoint")
+    again = _run(home, "audit", "checkpoint")
+    checked = _run(home, "audit", "verify")
+
+    assert sealed.returncode == 0 and "signs records up to" in sealed.stdout
+    assert "checkpoint already" in again.stdout
+    assert checked.returncode == 0, checked.stderr
+    assert "signed checkpoints: 1" in checked.stdout
+    assert "0 later record(s)" in checked.stdout
 
 
 def test_broken_audit_chain_is_detected_aud3(home: Path) -> None:
