@@ -11,12 +11,13 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import secrets
 import sys
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,14 @@ def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None
         )
 
 
-async def _with_store(settings: Settings) -> Store:
+@contextlib.asynccontextmanager
+async def _opened_store(settings: Settings) -> AsyncIterator[Store]:
     store = open_store(settings.store)
     await store.open()
-    return store
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 # -- init and serve -----------------------------------------------------------
@@ -218,8 +223,7 @@ async def cmd_client_create(args: argparse.Namespace, settings: Settings) -> int
     if args.key_file and Path(args.key_file).exists():
         print(f"error: {args.key_file} exists; choose another file", file=sys.stderr)
         return 2
-    store = await _with_store(settings)
-    try:
+    async with _opened_store(settings) as store:
         key = new_api_key()
         client = Client(
             client_id=args.client_id or str(uuid.uuid4()),
@@ -235,8 +239,6 @@ async def cmd_client_create(args: argparse.Namespace, settings: Settings) -> int
             subject=f"client:{client.client_id}",
             outcome="success",
         )
-    finally:
-        await store.close()
     if args.key_file:
         _write_secret(Path(args.key_file), key)
         print(f"client {client.client_id}: API key written to {args.key_file}")
@@ -247,11 +249,8 @@ async def cmd_client_create(args: argparse.Namespace, settings: Settings) -> int
 
 
 async def cmd_client_list(args: argparse.Namespace, settings: Settings) -> int:
-    store = await _with_store(settings)
-    try:
+    async with _opened_store(settings) as store:
         clients = await store.list_clients()
-    finally:
-        await store.close()
     _print_table(
         [
             {"client_id": c.client_id, "name": c.name, "created": c.created_at}
@@ -265,8 +264,7 @@ async def cmd_client_list(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
     from server.service import add_user
 
-    store = await _with_store(settings)
-    try:
+    async with _opened_store(settings) as store:
         user = await add_user(
             store,
             display_name=args.display_name,
@@ -274,8 +272,6 @@ async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
             user_id=args.user_id,
             created_by="operator",
         )
-    finally:
-        await store.close()
     print(user.user_id)
     return 0
 
@@ -283,24 +279,18 @@ async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_user_code(args: argparse.Namespace, settings: Settings) -> int:
     from server.service import issue_activation_code
 
-    store = await _with_store(settings)
-    try:
+    async with _opened_store(settings) as store:
         issued = await issue_activation_code(
             store, args.user_id, ttl=settings.activation_code_ttl, client=None
         )
-    finally:
-        await store.close()
     print(issued.code)
     print(f"expires {issued.expires_at.isoformat(timespec='seconds')}", file=sys.stderr)
     return 0
 
 
 async def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
-    store = await _with_store(settings)
-    try:
+    async with _opened_store(settings) as store:
         users = await store.list_users()
-    finally:
-        await store.close()
     _print_table(
         [
             {
@@ -317,11 +307,8 @@ async def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_device_list(args: argparse.Namespace, settings: Settings) -> int:
-    store = await _with_store(settings)
-    try:
+    async with _opened_store(settings) as store:
         devices = await store.list_devices(user_id=args.user)
-    finally:
-        await store.close()
     _print_table(
         [
             {
@@ -339,8 +326,7 @@ async def cmd_device_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_device_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    store = await _with_store(settings)
-    try:
+    async with _opened_store(settings) as store:
         device = await store.set_device_status(args.device_id, DeviceStatus.REVOKED)
         if device is None:
             print(f"error: no device {args.device_id}", file=sys.stderr)
@@ -352,18 +338,13 @@ async def cmd_device_revoke(args: argparse.Namespace, settings: Settings) -> int
             subject=f"device:{args.device_id}",
             outcome="success",
         )
-    finally:
-        await store.close()
     print(f"device {args.device_id} revoked")
     return 0
 
 
 async def cmd_credential_list(args: argparse.Namespace, settings: Settings) -> int:
-    store = await _with_store(settings)
-    try:
+    async with _opened_store(settings) as store:
         credentials = await store.list_credentials(user_id=args.user)
-    finally:
-        await store.close()
     rows = []
     for c in credentials:
         cert = x509.load_der_x509_certificate(c.certificate_der)
@@ -384,14 +365,11 @@ async def cmd_credential_list(args: argparse.Namespace, settings: Settings) -> i
 
 
 async def cmd_request_list(args: argparse.Namespace, settings: Settings) -> int:
-    store = await _with_store(settings)
-    try:
+    async with _opened_store(settings) as store:
         states = [RequestState(args.state)] if args.state else None
         found = await store.list_requests(
             user_id=args.user, states=states, limit=args.limit
         )
-    finally:
-        await store.close()
     _print_table(
         [
             {
@@ -476,11 +454,8 @@ async def cmd_audit_checkpoint(args: argparse.Namespace, settings: Settings) -> 
 
 
 async def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
-    store = await _with_store(settings)
-    try:
+    async with _opened_store(settings) as store:
         records = await store.audit_records(after_seq=args.after, limit=args.limit)
-    finally:
-        await store.close()
     _print_table(
         [
             {
