@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -203,8 +204,6 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"sigil serving on http://{host}:{port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        import signal
-
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
