@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 import pytest
 
 # Generous, so that a garbage collection on a busy CI machine is not taken
-# for a blocking call; a PKCS#11 key generation on the loop takes longer.
+# for a blocking call; an RSA key generation or a stuck PKCS#11 call on the
+# loop takes longer.
 SLOW_CALLBACK_SECONDS = 0.5
 
 
