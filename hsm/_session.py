@@ -93,6 +93,7 @@ class CachedKey:
 
     private_key: SignMixin
     key_type: KeyType
+    label: str
     public_key_der: bytes | None = None
 
 

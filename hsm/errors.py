@@ -11,6 +11,7 @@ __all__ = [
     "HsmError",
     "InvalidCsr",
     "KeyNotFound",
+    "KeyPurposeMismatch",
     "MechanismUnsupported",
     "PinIncorrect",
     "PinLocked",
@@ -42,6 +43,10 @@ class PinLocked(HsmError):
 
 class KeyNotFound(HsmError):
     """No private key with the requested id exists on the token."""
+
+
+class KeyPurposeMismatch(HsmError):
+    """The key's label on the token is not the one the caller required."""
 
 
 class MechanismUnsupported(HsmError):

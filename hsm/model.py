@@ -39,3 +39,6 @@ class KeyHandle:
     key_type: KeyType
     public_key_der: bytes
     """SubjectPublicKeyInfo, DER."""
+    label: str = ""
+    """The key's CKA_LABEL: what it was made for. The token keeps it, so a
+    caller can check a key's purpose against the HSM, not a database."""

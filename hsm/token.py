@@ -31,7 +31,13 @@ from ._session import (
     translate_error,
 )
 from .algorithms import HashAlg, KeyType, SignMechanism, digest_info
-from .errors import HsmError, KeyNotFound, MechanismUnsupported, TokenNotFound
+from .errors import (
+    HsmError,
+    KeyNotFound,
+    KeyPurposeMismatch,
+    MechanismUnsupported,
+    TokenNotFound,
+)
 from .model import HsmConfig, KeyHandle
 
 __all__ = ["Hsm"]
@@ -163,12 +169,15 @@ class Hsm:
         mechanism: SignMechanism,
         hash_alg: HashAlg,
         pss_salt_length: int | None = None,
+        label: str | None = None,
     ) -> bytes:
         """Sign a precomputed digest (HSM-2).
 
         ECDSA signatures come back DER-encoded; RSA ones as the raw octets.
         PSS uses MGF1 with the same hash and, by default, a salt as long as
-        the digest.
+        the digest. With ``label``, the key must carry exactly that
+        CKA_LABEL, or :class:`KeyPurposeMismatch` is raised and nothing is
+        signed: the token, not the caller's records, says what a key is for.
         """
         mechanism = SignMechanism(mechanism)
         hash_alg = HashAlg(hash_alg)
@@ -184,7 +193,13 @@ class Hsm:
                 raise ValueError("pss_salt_length must not be negative")
         raw_id = _key_id_bytes(key_id)
         signature = await self._pool.call(
-            self._sign_blocking, raw_id, digest, mechanism, hash_alg, pss_salt_length
+            self._sign_blocking,
+            raw_id,
+            digest,
+            mechanism,
+            hash_alg,
+            pss_salt_length,
+            label,
         )
         if mechanism is SignMechanism.ECDSA:
             return _ecdsa_der(signature)
@@ -234,7 +249,10 @@ class Hsm:
             private_key = _objects.find_private_key(session, key_id)
         if private_key is None:
             raise KeyNotFound(f"no private key with id {key_id.hex()} on the token")
-        cached = CachedKey(private_key, _objects.key_type_of(private_key))
+        # python-pkcs11 reads CKA_LABEL on attribute access; SignMixin's
+        # stubs do not declare it.
+        label = getattr(private_key, "label", None) or ""
+        cached = CachedKey(private_key, _objects.key_type_of(private_key), label)
         slot.keys[key_id] = cached
         return cached
 
@@ -246,8 +264,8 @@ class Hsm:
             slot.session, key_type, key_id=key_id, label=label
         )
         public_der = _objects.subject_public_key_info(public_key, key_type)
-        slot.keys[key_id] = CachedKey(private_key, key_type, public_der)
-        return KeyHandle(key_id.hex(), key_type, public_der)
+        slot.keys[key_id] = CachedKey(private_key, key_type, label, public_der)
+        return KeyHandle(key_id.hex(), key_type, public_der, label)
 
     def _get_key_blocking(self, slot: SessionSlot, key_id: bytes) -> KeyHandle:
         cached = self._cached_key(slot, key_id)
@@ -258,7 +276,7 @@ class Hsm:
                 raise KeyNotFound(f"key {key_id.hex()} has no public key object")
             public_der = _objects.subject_public_key_info(public_key, cached.key_type)
             cached.public_key_der = public_der
-        return KeyHandle(key_id.hex(), cached.key_type, public_der)
+        return KeyHandle(key_id.hex(), cached.key_type, public_der, cached.label)
 
     def _sign_blocking(
         self,
@@ -268,8 +286,11 @@ class Hsm:
         mechanism: SignMechanism,
         hash_alg: HashAlg,
         pss_salt_length: int | None,
+        label: str | None,
     ) -> bytes:
         cached = self._cached_key(slot, key_id)
+        if label is not None and cached.label != label:
+            raise KeyPurposeMismatch(f"key {key_id.hex()} is not labelled {label!r}")
         key_type = cached.key_type
         if not mechanism.fits(key_type):
             raise MechanismUnsupported(

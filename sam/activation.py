@@ -60,7 +60,12 @@ from store import (
     Store,
 )
 
-__all__ = ["SignatureActivationModule", "display_text_hash", "mechanism_for"]
+__all__ = [
+    "SignatureActivationModule",
+    "display_text_hash",
+    "mechanism_for",
+    "signing_key_label",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,11 @@ MAX_SAD_LIFETIME = 300
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def signing_key_label(user_id: str) -> str:
+    """The CKA_LABEL of a user's signing key: its purpose, kept by the token."""
+    return f"user:{user_id}"
 
 
 def display_text_hash(text: str) -> str:
@@ -347,7 +357,13 @@ class SignatureActivationModule:
             for value in claims.hashes[: claims.num_signatures]:
                 digest = base64.b64decode(value, validate=True)
                 signature = await self._hsm.sign_digest(
-                    credential.key_id, digest, mechanism=mechanism, hash_alg=hash_alg
+                    credential.key_id,
+                    digest,
+                    mechanism=mechanism,
+                    hash_alg=hash_alg,
+                    # The token must agree that this is the signer's key: a
+                    # credential record pointing at another key signs nothing.
+                    label=signing_key_label(credential.user_id),
                 )
                 signatures.append(base64.b64encode(signature).decode("ascii"))
         except (HsmError, ValueError, CredentialUnusable) as e:

@@ -27,6 +27,7 @@ from hsm import HashAlg, Hsm, KeyType, SignMechanism
 from store import AuditRecord, Store
 
 __all__ = [
+    "AUDIT_KEY_LABEL",
     "CHECKPOINT_EVENT",
     "CheckpointReport",
     "ensure_audit_key",
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_EVENT = "audit.checkpoint"
 _KEY_SETTING = "audit.key_id"
+AUDIT_KEY_LABEL = "sigil-audit"
 
 
 def _statement(seq: int, chain_hash: str) -> bytes:
@@ -51,7 +53,7 @@ async def ensure_audit_key(hsm: Hsm, store: Store) -> str:
     key_id = await store.get_setting(_KEY_SETTING)
     if key_id is not None:
         return key_id
-    key = await hsm.generate_key(KeyType.EC_P256, label="sigil-audit")
+    key = await hsm.generate_key(KeyType.EC_P256, label=AUDIT_KEY_LABEL)
     await store.put_setting(_KEY_SETTING, key.key_id)
     log.info("audit checkpoint key created")
     return key.key_id
@@ -73,6 +75,7 @@ async def write_checkpoint(
         _statement(head.seq, head.hash),
         mechanism=SignMechanism.ECDSA,
         hash_alg=HashAlg.SHA256,
+        label=AUDIT_KEY_LABEL,
     )
     return await store.append_audit(
         time=now,

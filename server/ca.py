@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from hsm import Hsm, KeyHandle, KeyType
+from hsm import Hsm, KeyHandle, KeyPurposeMismatch, KeyType
 from hsm.x509 import create_ca_certificate, issue_certificate
 from store import Store
 
-__all__ = ["DevelopmentCA", "ensure_ca", "load_ca"]
+__all__ = ["CA_KEY_LABEL", "DevelopmentCA", "ensure_ca", "load_ca"]
 
 log = logging.getLogger(__name__)
 
+CA_KEY_LABEL = "sigil-development-ca"
 _KEY_ID = "ca.key_id"
 _CERT = "ca.certificate"
 
@@ -46,6 +47,9 @@ async def load_ca(hsm: Hsm, store: Store) -> DevelopmentCA | None:
     if key_id is None or cert is None:
         return None
     key = await hsm.get_key(key_id)
+    if key.label != CA_KEY_LABEL:
+        # The id came from the database; the token says what the key is for.
+        raise KeyPurposeMismatch("the CA key id in the store names no CA key")
     return DevelopmentCA(hsm=hsm, key=key, certificate_der=base64.b64decode(cert))
 
 
@@ -54,7 +58,7 @@ async def ensure_ca(hsm: Hsm, store: Store, *, common_name: str) -> DevelopmentC
     existing = await load_ca(hsm, store)
     if existing is not None:
         return existing
-    key = await hsm.generate_key(KeyType.EC_P256, label="sigil-development-ca")
+    key = await hsm.generate_key(KeyType.EC_P256, label=CA_KEY_LABEL)
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),

@@ -19,7 +19,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -387,7 +387,12 @@ async def cmd_request_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from sam.checkpoint import CHECKPOINT_EVENT, audit_key_id, verify_checkpoints
+    from sam.checkpoint import (
+        AUDIT_KEY_LABEL,
+        CHECKPOINT_EVENT,
+        audit_key_id,
+        verify_checkpoints,
+    )
     from server.app import open_parts
     from store.audit import verify_chain
 
@@ -395,13 +400,18 @@ async def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         records: list[AuditRecord] = []
         after = 0
-        while page := await parts.store.audit_records(after_seq=after, limit=1000):
-            records.extend(page)
-            after = page[-1].seq
+        try:
+            while page := await parts.store.audit_records(after_seq=after, limit=1000):
+                records.extend(page)
+                after = page[-1].seq
+        except (ValueError, TypeError) as e:
+            print(
+                f"audit trail BROKEN: a record after {after} cannot be read ({e})",
+                file=sys.stderr,
+            )
+            return 1
         key_id = await audit_key_id(parts.store)
-        public_key = (
-            (await parts.hsm.get_key(key_id)).public_key_der if key_id else None
-        )
+        key = await parts.hsm.get_key(key_id) if key_id is not None else None
     finally:
         await parts.close()
 
@@ -413,20 +423,44 @@ async def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 1
     print(f"audit chain intact: {chain.checked} records")
-    if public_key is None:
-        print("no audit key in the HSM: checkpoints cannot be checked", file=sys.stderr)
+    if key is None or key.label != AUDIT_KEY_LABEL:
+        # The id is read from the database; only the token's label is trusted.
+        print("audit checkpoints BROKEN: no audit key in the HSM", file=sys.stderr)
         return 1
-    seals = verify_checkpoints(records, public_key)
+    seals = verify_checkpoints(records, key.public_key_der)
     if not seals.ok:
         print(f"audit checkpoints BROKEN: {seals.problem}", file=sys.stderr)
         return 1
-    uncovered = sum(
-        1 for r in records if r.seq > seals.covered_seq and r.event != CHECKPOINT_EVENT
-    )
+    head = records[-1] if records else None
+    if args.known_head:
+        seq_text, _, known_hash = args.known_head.partition(":")
+        known = next((r for r in records if str(r.seq) == seq_text), None)
+        if known is None or known.hash != known_hash:
+            print(
+                f"audit trail BROKEN: the head noted earlier ({seq_text}) is gone "
+                "or changed: records were cut or rewritten",
+                file=sys.stderr,
+            )
+            return 1
+    cutoff = datetime.now(UTC) - timedelta(seconds=args.max_unsealed_age)
+    unsealed = [
+        r for r in records if r.seq > seals.covered_seq and r.event != CHECKPOINT_EVENT
+    ]
     print(
         f"signed checkpoints: {seals.checkpoints}, covering records 1 to "
-        f"{seals.covered_seq}; {uncovered} later record(s) rest on the chain alone"
+        f"{seals.covered_seq}; {len(unsealed)} later record(s) rest on the chain alone"
     )
+    if head is not None:
+        print(f"head: {head.seq}:{head.hash}  (note it; check later with --known-head)")
+    stale = [r for r in unsealed if r.time < cutoff]
+    if stale:
+        print(
+            f"audit checkpoints MISSING: {len(stale)} record(s) older than "
+            f"{args.max_unsealed_age} s carry no signed checkpoint; run `sigil audit "
+            "checkpoint` if the server was down, else checkpoints were removed",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -648,6 +682,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = audit.add_parser(
         "verify", help="check the hash chain and the signed checkpoints"
+    )
+    p.add_argument(
+        "--known-head",
+        metavar="SEQ:HASH",
+        help="a head printed by an earlier verify: it must still be in the trail",
+    )
+    p.add_argument(
+        "--max-unsealed-age",
+        type=_positive,
+        default=600,
+        metavar="SECONDS",
+        help="fail when records older than this lack a signed checkpoint (600)",
     )
     p.set_defaults(func=cmd_audit_verify)
     p = audit.add_parser(

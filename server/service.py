@@ -23,7 +23,12 @@ from cryptography.x509.oid import NameOID
 
 from hsm import HashAlg, Hsm, HsmError, KeyType
 from hsm.x509 import InvalidCsr, build_csr
-from sam import SignatureActivationModule, code_choices, verification_code
+from sam import (
+    SignatureActivationModule,
+    code_choices,
+    signing_key_label,
+    verification_code,
+)
 from sam.checkpoint import write_checkpoint
 from server.ca import DevelopmentCA
 from server.config import Settings
@@ -209,7 +214,9 @@ class Service:
             if credential.status == "active":
                 return credential
         key_type = KeyType(user.key_algorithm)
-        key = await self.hsm.generate_key(key_type, label=f"user:{user.user_id}")
+        key = await self.hsm.generate_key(
+            key_type, label=signing_key_label(user.user_id)
+        )
         try:
             subject = x509.Name(
                 [

@@ -188,3 +188,48 @@ def test_broken_audit_chain_is_detected_aud3(home: Path) -> None:
 
     assert result.returncode == 1
     assert "BROKEN at record 1" in result.stderr
+
+
+def test_cut_or_unsealed_trail_fails_verification_aud3(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import sqlite3
+
+    home = tmp_path_factory.mktemp("cut-home")
+    assert _run(home, "init").returncode == 0
+    _run(home, "user", "create", "--display-name", "Eve", "--user-id", "eve")
+    assert _run(home, "audit", "checkpoint").returncode == 0
+    first = _run(home, "audit", "verify")
+    head = next(
+        line.split()[1]
+        for line in first.stdout.splitlines()
+        if line.startswith("head:")
+    )
+    _run(home, "user", "code", "eve")
+
+    intact = _run(home, "audit", "verify", "--known-head", head)
+    seq = int(head.split(":")[0])
+    with sqlite3.connect(home / "sigil.db") as db:
+        db.execute("DROP TRIGGER audit_no_delete")
+        db.execute("DELETE FROM audit WHERE seq >= ?", (seq,))
+    cut = _run(home, "audit", "verify", "--known-head", head)
+
+    assert first.returncode == 0 and intact.returncode == 0, intact.stderr
+    assert cut.returncode == 1
+    assert "is gone or changed" in cut.stderr
+
+
+def test_records_without_a_checkpoint_fail_when_old_aud3(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Removing every checkpoint leaves old records unsealed: verify says so."""
+    import time
+
+    home = tmp_path_factory.mktemp("unsealed-home")
+    assert _run(home, "init").returncode == 0
+    time.sleep(1.2)
+
+    result = _run(home, "audit", "verify", "--max-unsealed-age", "1")
+
+    assert result.returncode == 1
+    assert "checkpoints MISSING" in result.stderr
