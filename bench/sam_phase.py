@@ -51,6 +51,7 @@ __all__ = ["TARGET_RATIO", "SamResult", "run"]
 TARGET_RATIO = 0.6
 _AUDIENCE = "sigil-bench"
 _USERS = 16
+_CODE_SECRET = b"bench verification code secret"
 _VERIFY_SAMPLES = 1000
 # A whole run of activations stops after this, done or not.
 _RUN_LIMIT = 120.0
@@ -143,7 +144,9 @@ async def _approvals(
         nonce = secrets.token_urlsafe(24)
         hashes = (_b64(secrets.token_bytes(32)),)
         display_text = f"Sign bench document {index}"
-        code = verification_code(request_id=request_id, nonce=nonce, hashes=hashes)
+        code = verification_code(
+            secret=_CODE_SECRET, request_id=request_id, nonce=nonce, hashes=hashes
+        )
         await store.create_request(
             SignatureRequest(
                 request_id=request_id,

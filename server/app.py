@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 SWEEP_INTERVAL = 1.0
+_VERIFICATION_SETTING = "verification.secret"
 # A signed audit checkpoint every this many sweeps (and one at stop).
 CHECKPOINT_EVERY = 60
 
@@ -87,6 +89,7 @@ async def build_service(
         log.warning("no audit key: run `sigil init`; audit checkpoints are off")
     return Service(
         audit_key_id=audit_key,
+        code_secret=await _code_secret(parts.store),
         settings=settings,
         store=parts.store,
         hsm=parts.hsm,
@@ -143,6 +146,22 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(wake_long_polls)
     return app
+
+
+async def _code_secret(store: Store) -> bytes:
+    """The secret under which verification codes are derived, made once.
+
+    Two processes starting together may both make one; the later write wins
+    and both read it back. Codes already issued are stored with their
+    request, so a change of secret never invalidates them.
+    """
+    value = await store.get_setting(_VERIFICATION_SETTING)
+    if value is None:
+        await store.put_setting(_VERIFICATION_SETTING, secrets.token_hex(32))
+        value = await store.get_setting(_VERIFICATION_SETTING)
+    if value is None:
+        raise ConfigError("the verification code secret could not be stored")
+    return bytes.fromhex(value)
 
 
 async def _sweep_forever(service: Service) -> None:

@@ -96,6 +96,7 @@ class Service:
     watch: RequestWatch = field(default_factory=RequestWatch)
     vapid_public_key: str = ""
     audit_key_id: str | None = None
+    code_secret: bytes = field(default=b"", repr=False)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _client_names: dict[str, str] = field(default_factory=dict)
 
@@ -309,7 +310,10 @@ class Service:
             display_text=body["display_text"],
             nonce=nonce,
             verification_code=verification_code(
-                request_id=request_id, nonce=nonce, hashes=normalized
+                secret=self.code_secret,
+                request_id=request_id,
+                nonce=nonce,
+                hashes=normalized,
             ),
             state=RequestState.PENDING,
             created_at=now,
@@ -478,7 +482,11 @@ class Service:
         return name
 
     def choices(self, request: SignatureRequest) -> tuple[str, ...]:
-        return code_choices(right=request.verification_code, nonce=request.nonce)
+        return code_choices(
+            secret=self.code_secret,
+            right=request.verification_code,
+            nonce=request.nonce,
+        )
 
     # -- housekeeping --------------------------------------------------------
 

@@ -217,7 +217,9 @@ def test_device_request_schema_names_the_fields_of_request_for_device(
 ) -> None:
     schema = _schema(spec, "DeviceSignatureRequest")
     request = _pending_request()
-    choices = code_choices(right=request.verification_code, nonce=request.nonce)
+    choices = code_choices(
+        secret=b"s", right=request.verification_code, nonce=request.nonce
+    )
     view = request_for_device(
         request, choices=choices, audience="sigil", relying_party="Portal"
     )
