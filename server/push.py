@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 from pywebpush import WebPusher, WebPushException
 
@@ -28,6 +30,7 @@ from store import Device, DeviceStatus, SignatureRequest, Store
 __all__ = [
     "PushSender",
     "check_push_endpoint",
+    "check_push_keys",
     "load_or_create_vapid",
     "topic_for",
     "vapid_public_key",
@@ -213,6 +216,22 @@ class PushSender:
             cached = (float(expires), dict(self._vapid.sign(claims)))
             self._tokens[origin] = cached
         return cached[1]
+
+
+def check_push_keys(keys: dict[str, str]) -> str | None:
+    """Why a subscription's keys are unusable, or ``None`` (RFC 8291, 3.2):
+    ``p256dh`` is an uncompressed P-256 point, ``auth`` 16 random octets."""
+    try:
+        p256dh = base64.urlsafe_b64decode(keys["p256dh"] + "==")
+        auth = base64.urlsafe_b64decode(keys["auth"] + "==")
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
+    except (KeyError, ValueError, binascii.Error):
+        return "the push subscription's p256dh is not a P-256 public key"
+    if len(p256dh) != 65:
+        return "the push subscription's p256dh must be an uncompressed point"
+    if len(auth) != 16:
+        return "the push subscription's auth secret must be 16 bytes"
+    return None
 
 
 def check_push_endpoint(endpoint: str, *, allow_http: bool) -> str | None:

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import secrets
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,7 +34,7 @@ from sam.checkpoint import write_checkpoint
 from server.ca import DevelopmentCA
 from server.config import Settings
 from server.errors import ApiError
-from server.push import PushSender, check_push_endpoint
+from server.push import PushSender, check_push_endpoint, check_push_keys
 from server.watch import RequestWatch
 from store import (
     ActivationCode,
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
 
 # A request left in "approved" this long was cut off by a crash (STATE-3).
 STALE_APPROVAL = timedelta(seconds=60)
@@ -99,6 +102,10 @@ class Service:
     code_secret: bytes = field(default=b"", repr=False)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _client_names: dict[str, str] = field(default_factory=dict)
+    # Held only while in use: a weak mapping forgets idle users' locks.
+    _user_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
 
     # -- users and enrolment ---------------------------------------------
 
@@ -151,7 +158,7 @@ class Service:
         subscription = body["push_subscription"]
         refusal = check_push_endpoint(
             subscription["endpoint"], allow_http=self.settings.allow_http_push
-        )
+        ) or check_push_keys(subscription["keys"])
         if refusal is not None:
             raise ApiError(400, "invalid_push_subscription", refusal)
         now = utcnow()
@@ -173,8 +180,13 @@ class Service:
             )
         try:
             return await self._register(device_id, public_jwk, body, code, now)
-        except BaseException:
-            await self.store.add_activation_code(code)
+        except BaseException as e:
+            spent = isinstance(e, ApiError) and e.error == "user_already_enrolled"
+            if not spent:
+                # TODO(code-restore): a code issued for this user meanwhile is
+                # replaced by the one given back; the store has no
+                # insert-if-absent for codes yet.
+                await self.store.add_activation_code(code)
             raise
 
     async def _register(
@@ -204,6 +216,21 @@ class Service:
             raise ApiError(
                 409, "device_exists", "this device key is already enrolled"
             ) from e
+        if code.issued_by != "operator" and not await self.store.use_once(
+            "first-device", user.user_id, expires_at=_FOREVER
+        ):
+            # A relying app's code enrols the first device only. Of devices
+            # that raced in on codes issued before any finished, the first to
+            # take this atomic mark stays; the others are revoked at once.
+            await self.store.set_device_status(device_id, DeviceStatus.REVOKED)
+            await self._audit(
+                "device.revoked", "server", f"device:{device_id}", "enrolment_race"
+            )
+            raise ApiError(
+                409,
+                "user_already_enrolled",
+                "the user has a device; another device needs the operator",
+            )
         await self._audit(
             "device.enrolled", f"device:{device_id}", f"user:{user.user_id}", "success"
         )
@@ -259,6 +286,8 @@ class Service:
         self, client: Client, body: dict[str, Any]
     ) -> tuple[SignatureRequest, bool]:
         """Create a request (or find the idempotent twin); push if new."""
+        if not body["display_text"].strip():
+            raise ApiError(400, "invalid_request", "display_text is blank")
         hash_alg = _hash_algorithm(body["hash_algorithm"])
         hashes = body["hashes"]
         if len(hashes) > self.settings.max_hashes:
@@ -278,50 +307,56 @@ class Service:
             )
 
         credential = await self._resolve_credential(body)
-        pending, devices = await asyncio.gather(
-            self.store.list_requests(
-                user_id=credential.user_id,
-                states=(RequestState.PENDING,),
-                limit=self.settings.max_pending_per_user,
-            ),
-            self.store.list_devices(user_id=credential.user_id),
-        )
-        if len(pending) >= self.settings.max_pending_per_user:
-            raise ApiError(
-                429,
-                "too_many_pending_requests",
-                "the user has too many requests waiting for a decision",
-                headers={"Retry-After": "10"},
+        # One user's requests are counted and inserted one at a time, so the
+        # cap holds under concurrent calls (within this process; several
+        # processes may overshoot it by one each).
+        async with self._user_lock(credential.user_id):
+            pending, devices = await asyncio.gather(
+                self.store.list_requests(
+                    user_id=credential.user_id,
+                    states=(RequestState.PENDING,),
+                    limit=self.settings.max_pending_per_user,
+                ),
+                self.store.list_devices(user_id=credential.user_id),
             )
-        active = [d for d in devices if d.status is DeviceStatus.ACTIVE]
-        if not active:
-            raise ApiError(400, "user_not_enrolled", "the user has no active device")
+            if len(pending) >= self.settings.max_pending_per_user:
+                raise ApiError(
+                    429,
+                    "too_many_pending_requests",
+                    "the user has too many requests waiting for a decision",
+                    headers={"Retry-After": "10"},
+                )
+            active = [d for d in devices if d.status is DeviceStatus.ACTIVE]
+            if not active:
+                raise ApiError(
+                    400, "user_not_enrolled", "the user has no active device"
+                )
 
-        now = utcnow()
-        request_id = secrets.token_urlsafe(16)
-        nonce = secrets.token_urlsafe(24)
-        new = SignatureRequest(
-            request_id=request_id,
-            client_id=client.client_id,
-            user_id=credential.user_id,
-            credential_id=credential.credential_id,
-            hash_algorithm=hash_alg.oid,
-            hashes=normalized,
-            display_text=body["display_text"],
-            nonce=nonce,
-            verification_code=verification_code(
-                secret=self.code_secret,
+            now = utcnow()
+            request_id = secrets.token_urlsafe(16)
+            nonce = secrets.token_urlsafe(24)
+            new = SignatureRequest(
                 request_id=request_id,
-                nonce=nonce,
+                client_id=client.client_id,
+                user_id=credential.user_id,
+                credential_id=credential.credential_id,
+                hash_algorithm=hash_alg.oid,
                 hashes=normalized,
-            ),
-            state=RequestState.PENDING,
-            created_at=now,
-            updated_at=now,
-            expires_at=now + timedelta(seconds=ttl),
-            idempotency_key=body.get("idempotency_key"),
-        )
-        stored = await self.store.create_request(new)
+                display_text=body["display_text"],
+                nonce=nonce,
+                verification_code=verification_code(
+                    secret=self.code_secret,
+                    request_id=request_id,
+                    nonce=nonce,
+                    hashes=normalized,
+                ),
+                state=RequestState.PENDING,
+                created_at=now,
+                updated_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+                idempotency_key=body.get("idempotency_key"),
+            )
+            stored = await self.store.create_request(new)
         if stored.request_id != request_id:
             same = (
                 stored.credential_id == new.credential_id
@@ -359,6 +394,12 @@ class Service:
             if credential.status == "active":
                 return credential
         raise ApiError(400, "user_not_enrolled", "the user has no signing credential")
+
+    def _user_lock(self, user_id: str) -> asyncio.Lock:
+        lock = self._user_locks.get(user_id)
+        if lock is None:
+            lock = self._user_locks[user_id] = asyncio.Lock()
+        return lock
 
     def push_later(self, request: SignatureRequest, devices: list[Device]) -> None:
         if self.pusher is None:
@@ -627,7 +668,10 @@ async def issue_activation_code(
     actor = "operator" if client is None else f"client:{client.client_id}"
     if user is None or (client is not None and user.created_by != actor):
         raise ApiError(404, "unknown_user", "no such user")
-    if client is not None and await store.list_devices(user_id=user_id):
+    if client is not None and (
+        await store.list_devices(user_id=user_id)
+        or await store.list_credentials(user_id=user_id)
+    ):
         raise ApiError(
             409,
             "user_already_enrolled",
@@ -642,6 +686,7 @@ async def issue_activation_code(
             user_id=user_id,
             expires_at=expires,
             created_at=now,
+            issued_by=actor,
         )
     )
     await store.append_audit(

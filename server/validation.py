@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from typing import Any
 
 from aiohttp import web
@@ -77,6 +78,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "name": {"type": "string", "maxLength": 100},
             "push_subscription": {
                 "type": "object",
+                "additionalProperties": False,
                 "required": ["endpoint", "keys"],
                 "properties": {
                     "endpoint": {
@@ -87,6 +89,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "expirationTime": {"type": ["number", "null"]},
                     "keys": {
                         "type": "object",
+                        "additionalProperties": False,
                         "required": ["p256dh", "auth"],
                         "properties": {
                             "p256dh": {
@@ -194,11 +197,22 @@ _MISLEADING = re.compile(
 )
 
 
+# Beyond ASCII, also format characters (zero-width, soft hyphen, tags,
+# interlinear annotations), private-use characters and line or paragraph
+# separators: each can hide or reshape what the signer reads. This refuses
+# the joiners some scripts use (U+200C, U+200D) as well; plain text to be
+# signed does without them.
+_HIDDEN = frozenset({"Cc", "Cf", "Co", "Cs", "Zl", "Zp"})
+
+
 def _check_text(value: Any, where: str) -> None:
     """Refuse strings a signer could be misled by, and ones that are not
     Unicode at all (lone surrogates from ``\\ud800`` escapes)."""
     if isinstance(value, str):
-        if _MISLEADING.search(value):
+        if _MISLEADING.search(value) or (
+            not value.isascii()
+            and any(unicodedata.category(c) in _HIDDEN for c in value)
+        ):
             raise ApiError(
                 400,
                 "invalid_request",

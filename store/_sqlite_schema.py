@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS activation_codes (
     code_hash  TEXT PRIMARY KEY,
     user_id    TEXT NOT NULL UNIQUE REFERENCES users (user_id),
     expires_at INTEGER NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    issued_by  TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS activation_codes_expiry
     ON activation_codes (expires_at);

@@ -65,6 +65,8 @@ class ActivationCode:
     user_id: str
     expires_at: datetime
     created_at: datetime
+    # "operator", or "client:<id>" of the relying app that issued it.
+    issued_by: str = "operator"
 
 
 @dataclass(frozen=True, slots=True)

@@ -264,15 +264,18 @@ class SqliteStore(Store):
 
     async def add_activation_code(self, code: ActivationCode) -> None:
         await self._query(
-            "INSERT INTO activation_codes (code_hash, user_id, expires_at, created_at)"
-            " VALUES (?, ?, ?, ?)"
+            "INSERT INTO activation_codes"
+            " (code_hash, user_id, expires_at, created_at, issued_by)"
+            " VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (user_id) DO UPDATE SET code_hash = excluded.code_hash,"
-            " expires_at = excluded.expires_at, created_at = excluded.created_at",
+            " expires_at = excluded.expires_at, created_at = excluded.created_at,"
+            " issued_by = excluded.issued_by",
             (
                 code.code_hash,
                 code.user_id,
                 to_us(code.expires_at, "expires_at"),
                 to_us(code.created_at, "created_at"),
+                code.issued_by,
             ),
         )
 
@@ -284,7 +287,7 @@ class SqliteStore(Store):
         now_us = to_us(now, "now")
         rows = await self._query(
             "DELETE FROM activation_codes WHERE code_hash = ?"
-            " RETURNING code_hash, user_id, expires_at, created_at",
+            " RETURNING code_hash, user_id, expires_at, created_at, issued_by",
             (code_hash,),
         )
         if not rows or rows[0]["expires_at"] <= now_us:
@@ -295,6 +298,7 @@ class SqliteStore(Store):
             user_id=row["user_id"],
             expires_at=from_us(row["expires_at"]),
             created_at=from_us(row["created_at"]),
+            issued_by=row["issued_by"],
         )
 
     # -- devices --------------------------------------------------------------

@@ -76,6 +76,25 @@ REQUEST_CASES: list[tuple[str, Any, int, str]] = [
         "invalid_request",
     ),
     (
+        "display text with a line separator",
+        {"display_text": "Pay 10\u2028EUR"},
+        400,
+        "invalid_request",
+    ),
+    (
+        "display text with a zero-width space",
+        {"display_text": "Pay\u200b10"},
+        400,
+        "invalid_request",
+    ),
+    (
+        "display text with a tag character",
+        {"display_text": "Pay\U000e0041"},
+        400,
+        "invalid_request",
+    ),
+    ("display text of blanks", {"display_text": " \u3000 "}, 400, "invalid_request"),
+    (
         "display text with a lone surrogate",
         {"display_text": "\ud800"},
         400,
@@ -131,6 +150,21 @@ async def test_bad_signature_request_gets_its_4xx_input1(
         "POST", "/api/v1/signature-requests", _body(user.user_id, {})
     )
     assert ok_status == 201
+
+
+async def test_display_text_in_other_scripts_is_welcome(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+
+    for text in ("Подпишите договор", "契約書に署名", "Ünterschrift für € 10"):
+        status, body = await sigil.rp.call(
+            "POST",
+            "/api/v1/signature-requests",
+            _body(user.user_id, {"display_text": text}),
+        )
+        assert status == 201, body
+        assert body["display_text"] == text
 
 
 RAW_CASES: list[tuple[str, str, str, bytes, dict[str, str], int, str]] = [

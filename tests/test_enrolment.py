@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from mobile_stub import Policy, SimulatedPhone
 from mobile_stub.errors import EnrolmentError
 from server.service import activation_code_hash
+from store import ActivationCode, DeviceStatus
 from tests.conftest_server import EnrolFactory, Sigil, make_settings
 
 
@@ -141,3 +142,76 @@ def test_development_settings_allow_http_push_only_when_configured() -> None:
 
     assert Settings(home=Path("x")).allow_http_push is False
     assert make_settings(Path("x")).allow_http_push is True
+
+
+async def test_relying_app_code_issued_during_an_enrolment_cannot_add_a_device(
+    sigil: Sigil,
+) -> None:
+    """A second code slipped in while the first device was enrolling (the
+    window of an RSA key generation) is refused when it is used."""
+    created = await sigil.rp.create_user("Liam")
+    user_id = created["user_id"]
+    first = await sigil.rp.activation_code(user_id)
+    async with SimulatedPhone(sigil.url, policy=Policy.SILENT) as phone:
+        await phone.enrol(first)
+    # As if issued in the window, before the first device was stored:
+    late = "LATEC-ODE00-00000-00000"
+    await sigil.store.add_activation_code(
+        ActivationCode(
+            code_hash=activation_code_hash(late),
+            user_id=user_id,
+            expires_at=datetime.now(UTC) + timedelta(minutes=5),
+            created_at=datetime.now(UTC),
+            issued_by="client:portal",
+        )
+    )
+
+    async with SimulatedPhone(sigil.url, policy=Policy.SILENT) as intruder:
+        with pytest.raises(EnrolmentError) as raised:
+            await intruder.enrol(late)
+        intruder_id = intruder.device_id
+
+    assert (raised.value.status, raised.value.error) == (409, "user_already_enrolled")
+    devices = {
+        d.device_id: d.status for d in await sigil.store.list_devices(user_id=user_id)
+    }
+    assert devices[intruder_id] is DeviceStatus.REVOKED
+    assert sum(s is DeviceStatus.ACTIVE for s in devices.values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("keys", "allowed"),
+    [
+        ({"p256dh": "AA", "auth": "AA"}, False),
+        ({"p256dh": "BA" + "A" * 84, "auth": "A" * 22}, False),
+    ],
+)
+def test_push_keys_that_cannot_encrypt_are_refused(
+    keys: dict[str, str], allowed: bool
+) -> None:
+    from server.push import check_push_keys
+
+    assert (check_push_keys(keys) is None) is allowed
+
+
+def test_real_push_keys_are_accepted() -> None:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from server.push import check_push_keys
+
+    point = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+    )
+    keys = {
+        "p256dh": base64.urlsafe_b64encode(point).rstrip(b"=").decode(),
+        "auth": base64.urlsafe_b64encode(bytes(16)).rstrip(b"=").decode(),
+    }
+
+    assert check_push_keys(keys) is None
