@@ -218,29 +218,41 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_client_create(args: argparse.Namespace, settings: Settings) -> int:
     from server.auth import api_key_hash, new_api_key
+    from server.validation import check_body
 
-    if args.key_file and Path(args.key_file).exists():
-        print(f"error: {args.key_file} exists; choose another file", file=sys.stderr)
-        return 2
-    async with _opened_store(settings) as store:
-        key = new_api_key()
-        client = Client(
-            client_id=args.client_id or str(uuid.uuid4()),
-            name=args.name,
-            api_key_hash=api_key_hash(key),
-            created_at=datetime.now(UTC),
-        )
-        await store.add_client(client)
-        await store.append_audit(
-            time=datetime.now(UTC),
-            event="client.created",
-            actor="operator",
-            subject=f"client:{client.client_id}",
-            outcome="success",
-        )
-    if args.key_file:
-        _write_secret(Path(args.key_file), key)
-        print(f"client {client.client_id}: API key written to {args.key_file}")
+    body = {"name": args.name}
+    if args.client_id:
+        body["client_id"] = args.client_id
+    check_body("create_client", body)
+    key = new_api_key()
+    key_file = Path(args.key_file) if args.key_file else None
+    if key_file is not None:
+        # Written first: a client whose key was lost is never stored.
+        _write_secret(key_file, key)
+    try:
+        async with _opened_store(settings) as store:
+            if any(c.name == args.name for c in await store.list_clients()):
+                raise ApiError(409, "client_exists", "a relying app has this name")
+            client = Client(
+                client_id=args.client_id or str(uuid.uuid4()),
+                name=args.name,
+                api_key_hash=api_key_hash(key),
+                created_at=datetime.now(UTC),
+            )
+            await store.add_client(client)
+            await store.append_audit(
+                time=datetime.now(UTC),
+                event="client.created",
+                actor="operator",
+                subject=f"client:{client.client_id}",
+                outcome="success",
+            )
+    except BaseException:
+        if key_file is not None:
+            key_file.unlink(missing_ok=True)
+        raise
+    if key_file is not None:
+        print(f"client {client.client_id}: API key written to {key_file}")
     else:
         print(f"client {client.client_id}")
         print(f"api key (shown once): {key}")
@@ -262,7 +274,12 @@ async def cmd_client_list(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
     from server.service import add_user
+    from server.validation import check_body
 
+    body = {"display_name": args.display_name, "key_algorithm": args.key_algorithm}
+    if args.user_id:
+        body["user_id"] = args.user_id
+    check_body("create_user", body)  # the API's rules hold here too
     async with _opened_store(settings) as store:
         user = await add_user(
             store,
@@ -591,6 +608,13 @@ def verify_signature_file(
 # -- parser -------------------------------------------------------------------
 
 
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -618,7 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the HTTP server")
     p.add_argument("--host", help="address to bind (default from configuration)")
-    p.add_argument("--port", type=int, help="port to bind (default from configuration)")
+    p.add_argument(
+        "--port", type=_port, help="port to bind (default from configuration)"
+    )
     p.set_defaults(func=cmd_serve)
 
     client = sub.add_parser("client", help="relying applications").add_subparsers(
@@ -719,6 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # `sigil device list | head` ends quietly, as other command-line tools do.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

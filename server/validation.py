@@ -18,7 +18,14 @@ from jsonschema.exceptions import ValidationError
 
 from server.errors import ApiError
 
-__all__ = ["SCHEMAS", "parse_json", "read_json", "validate"]
+__all__ = [
+    "OPERATOR_SCHEMAS",
+    "SCHEMAS",
+    "check_body",
+    "parse_json",
+    "read_json",
+    "validate",
+]
 
 _PLAIN = re.compile(r"[A-Za-z0-9_]{1,40}")
 _B64 = r"^[A-Za-z0-9+/]*={0,2}$"
@@ -116,7 +123,28 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 
-_VALIDATORS = {name: Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
+# Bodies the command line checks with the same rules; no HTTP route takes them.
+OPERATOR_SCHEMAS: dict[str, dict[str, Any]] = {
+    "create_client": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "client_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 64,
+                "pattern": _ID,
+            },
+        },
+    },
+}
+
+_VALIDATORS = {
+    name: Draft202012Validator(schema)
+    for name, schema in {**SCHEMAS, **OPERATOR_SCHEMAS}.items()
+}
 
 _RULES = {
     "type": "has the wrong type",
@@ -176,11 +204,19 @@ def parse_json(raw: bytes, schema: str) -> dict[str, Any]:
         raise ApiError(400, "invalid_request", "the request body is empty")
     try:
         body = json.loads(raw, parse_constant=_no_constant)
-        _check_text(body, "body")
     except RecursionError as e:
         raise ApiError(400, "invalid_request", "the body is nested too deeply") from e
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, "invalid_request", "the body is not valid JSON") from e
+    return check_body(schema, body)
+
+
+def check_body(schema: str, body: Any) -> dict[str, Any]:
+    """Apply the text rules and the schema to an already parsed body."""
+    try:
+        _check_text(body, "body")
+    except RecursionError as e:
+        raise ApiError(400, "invalid_request", "the body is nested too deeply") from e
     return validate(schema, body)
 
 

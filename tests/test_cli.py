@@ -113,6 +113,55 @@ def test_operator_enrols_a_user_and_lists_everything(home: Path) -> None:
     assert code.stdout.strip() not in listing.stdout
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["user", "create", "--display-name", "A", "--user-id", "x\ny"],
+        ["user", "create", "--display-name", "A", "--user-id", "../../etc"],
+        ["user", "create", "--display-name", "a\u202eb"],
+        ["user", "create", "--display-name", "Pay\u2028later"],
+        ["client", "create", "--name", ""],
+        ["serve", "--port", "99999"],
+        ["request", "list", "--limit", "0"],
+    ],
+    ids=[
+        "newline id",
+        "path id",
+        "bidi name",
+        "separator name",
+        "empty client",
+        "port",
+        "limit",
+    ],
+)
+def test_operator_input_follows_the_api_rules(home: Path, args: list[str]) -> None:
+    result = _run(home, *args)
+
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip()
+
+
+def test_client_with_an_unwritable_key_file_is_not_stored(home: Path) -> None:
+    result = _run(
+        home, "client", "create", "--name", "Ghost", "--key-file", "/nonexistent/k"
+    )
+
+    assert result.returncode == 2
+    assert "Ghost" not in _run(home, "client", "list").stdout
+
+
+def test_two_relying_apps_cannot_share_a_name(home: Path, tmp_path: Path) -> None:
+    first = _run(home, "client", "create", "--name", "Twin")
+    second = _run(
+        home, "client", "create", "--name", "Twin", "--key-file", str(tmp_path / "k")
+    )
+
+    assert first.returncode == 0
+    assert second.returncode == 2 and "has this name" in second.stderr
+    assert not (tmp_path / "k").exists()
+
+
 def test_revoking_an_unknown_device_fails_cleanly(home: Path) -> None:
     result = _run(home, "device", "revoke", "no-such-device")
 
