@@ -83,11 +83,13 @@ class ClientAuthenticator:
         known = self._known.get(digest)
         if known is not None and known[0] > now:
             return known[1]
-        # TODO(key-revocation): no command revokes an API key yet; when one
-        # does, a revoked key keeps working here for at most ``ttl`` seconds.
+        # A key revoked by `sigil client revoke` (another process) keeps
+        # working here for at most ``ttl`` seconds.
         client = await self._store.client_by_key_hash(digest)
         if client is None:
             raise _unauthorized("the API key is not valid", "Bearer")
+        if client.revoked_at is not None:
+            raise _unauthorized("the API key was revoked", "Bearer")
         if len(self._known) > 10_000:
             self._known.clear()
         self._known[digest] = (now + self._ttl, client)

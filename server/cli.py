@@ -259,15 +259,37 @@ async def cmd_client_create(args: argparse.Namespace, settings: Settings) -> int
     return 0
 
 
+async def cmd_client_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async with _opened_store(settings) as store:
+        client = await store.revoke_client(args.client_id, now=datetime.now(UTC))
+        if client is None:
+            print(f"error: no client {args.client_id}", file=sys.stderr)
+            return 2
+        await store.append_audit(
+            time=datetime.now(UTC),
+            event="client.revoked",
+            actor="operator",
+            subject=f"client:{client.client_id}",
+            outcome="success",
+        )
+    print(f"client {client.client_id}: API key revoked (running servers: within 30 s)")
+    return 0
+
+
 async def cmd_client_list(args: argparse.Namespace, settings: Settings) -> int:
     async with _opened_store(settings) as store:
         clients = await store.list_clients()
     _print_table(
         [
-            {"client_id": c.client_id, "name": c.name, "created": c.created_at}
+            {
+                "client_id": c.client_id,
+                "name": c.name,
+                "created": c.created_at.isoformat(timespec="seconds"),
+                "status": "revoked" if c.revoked_at else "active",
+            }
             for c in clients
         ],
-        ["client_id", "name", "created"],
+        ["client_id", "name", "created", "status"],
     )
     return 0
 
@@ -655,6 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-id", help="id to use (default: a new UUID)")
     p.add_argument("--key-file", help="write the API key to this file (mode 0600)")
     p.set_defaults(func=cmd_client_create)
+    p = client.add_parser("revoke", help="revoke a relying app's API key for good")
+    p.add_argument("client_id")
+    p.set_defaults(func=cmd_client_revoke)
     p = client.add_parser("list", help="list relying apps")
     p.set_defaults(func=cmd_client_list)
 

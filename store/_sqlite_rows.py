@@ -125,6 +125,9 @@ def client_from_row(row: sqlite3.Row) -> Client:
         name=row["name"],
         api_key_hash=row["api_key_hash"],
         created_at=from_us(row["created_at"]),
+        revoked_at=(
+            from_us(row["revoked_at"]) if row["revoked_at"] is not None else None
+        ),
     )
 
 

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS clients (
     client_id    TEXT PRIMARY KEY,
     name         TEXT NOT NULL,
     api_key_hash TEXT NOT NULL UNIQUE,
-    created_at   INTEGER NOT NULL
+    created_at   INTEGER NOT NULL,
+    revoked_at   INTEGER
 );
 
 CREATE TABLE IF NOT EXISTS users (

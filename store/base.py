@@ -56,6 +56,11 @@ class Store(abc.ABC):
     async def client_by_key_hash(self, api_key_hash: str) -> Client | None: ...
 
     @abc.abstractmethod
+    async def revoke_client(self, client_id: str, *, now: datetime) -> Client | None:
+        """Revoke a relying app's API key for good (the first revocation time
+        stays); ``None`` if there is no such client."""
+
+    @abc.abstractmethod
     async def list_clients(self) -> list[Client]: ...
 
     # -- users and activation codes -------------------------------------

@@ -100,6 +100,7 @@ class Client:
     name: str
     api_key_hash: str = field(repr=False)
     created_at: datetime
+    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

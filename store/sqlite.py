@@ -217,15 +217,24 @@ class SqliteStore(Store):
 
     async def client_by_key_hash(self, api_key_hash: str) -> Client | None:
         rows = await self._query(
-            "SELECT client_id, name, api_key_hash, created_at FROM clients"
+            "SELECT client_id, name, api_key_hash, created_at, revoked_at FROM clients"
             " WHERE api_key_hash = ?",
             (api_key_hash,),
         )
         return client_from_row(rows[0]) if rows else None
 
+    async def revoke_client(self, client_id: str, *, now: datetime) -> Client | None:
+        rows = await self._query(
+            "UPDATE clients SET revoked_at = coalesce(revoked_at, ?)"
+            " WHERE client_id = ?"
+            " RETURNING client_id, name, api_key_hash, created_at, revoked_at",
+            (to_us(now, "now"), client_id),
+        )
+        return client_from_row(rows[0]) if rows else None
+
     async def list_clients(self) -> list[Client]:
         rows = await self._query(
-            "SELECT client_id, name, api_key_hash, created_at FROM clients"
+            "SELECT client_id, name, api_key_hash, created_at, revoked_at FROM clients"
             " ORDER BY created_at, client_id"
         )
         return [client_from_row(row) for row in rows]

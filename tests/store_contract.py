@@ -221,6 +221,22 @@ async def test_activation_code_of_another_user_is_a_duplicate(store: Store) -> N
         )
 
 
+async def test_revoking_a_client_keeps_its_first_revocation_time(
+    store: Store,
+) -> None:
+    await store.add_client(CLIENT)
+
+    first = await store.revoke_client(CLIENT.client_id, now=T0)
+    again = await store.revoke_client(CLIENT.client_id, now=T0 + SECOND)
+    missing = await store.revoke_client("nobody", now=T0)
+
+    assert first is not None and first.revoked_at == T0
+    assert again is not None and again.revoked_at == T0
+    assert missing is None
+    found = await store.client_by_key_hash(CLIENT.api_key_hash)
+    assert found is not None and found.revoked_at == T0
+
+
 # -- devices -------------------------------------------------------------------
 def make_device(device_id: str = "dev-1", **changes: Any) -> Device:
     device = Device(

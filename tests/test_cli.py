@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     ["serve"],
     ["client", "create"],
     ["client", "list"],
+    ["client", "revoke"],
     ["user", "create"],
     ["user", "code"],
     ["user", "list"],
@@ -160,6 +161,19 @@ def test_two_relying_apps_cannot_share_a_name(home: Path, tmp_path: Path) -> Non
     assert first.returncode == 0
     assert second.returncode == 2 and "has this name" in second.stderr
     assert not (tmp_path / "k").exists()
+
+
+def test_operator_revokes_a_relying_app(home: Path) -> None:
+    created = _run(home, "client", "create", "--name", "Leaving")
+    client_id = created.stdout.split()[1]
+
+    revoked = _run(home, "client", "revoke", client_id)
+    unknown = _run(home, "client", "revoke", "nobody")
+    listing = _run(home, "client", "list").stdout
+
+    assert revoked.returncode == 0, revoked.stderr
+    assert unknown.returncode == 2
+    assert any("Leaving" in line and "revoked" in line for line in listing.splitlines())
 
 
 def test_revoking_an_unknown_device_fails_cleanly(home: Path) -> None:

@@ -161,3 +161,20 @@ async def test_stopping_server_answers_open_long_polls_at_once(
 
     assert result["state"] == "pending"
     assert asyncio.get_running_loop().time() - started < 2
+
+
+async def test_revoked_api_key_is_refused_auth1(sigil: Sigil) -> None:
+    other = await sigil.new_client("Closing Shop")
+    clients = {c.name: c for c in await sigil.store.list_clients()}
+    await sigil.store.revoke_client(
+        clients["Closing Shop"].client_id, now=datetime.now(UTC)
+    )
+
+    status, _ = await other.call("GET", "/api/v1/ca")
+    status_user, body_user = await other.call(
+        "POST", "/api/v1/users", {"display_name": "Zed"}
+    )
+
+    assert status == 200  # the CA certificate is public
+    assert (status_user, body_user["error"]) == (401, "unauthorized")
+    assert "revoked" in body_user["error_description"]
