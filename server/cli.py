@@ -99,7 +99,7 @@ def _write_config(home: Path, *, softhsm: bool) -> None:
         "[server]",
         'host = "127.0.0.1"',
         "port = 8080",
-        'audience = "sigil"',
+        f'audience = "sigil-{secrets.token_hex(6)}"',
         "",
         "[store]",
         f'url = "{home / "sigil.db"}"',

@@ -203,7 +203,9 @@ def parse_json(raw: bytes, schema: str) -> dict[str, Any]:
     if not raw:
         raise ApiError(400, "invalid_request", "the request body is empty")
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
+        body = json.loads(
+            raw, parse_constant=_no_constant, object_pairs_hook=_no_duplicates
+        )
     except RecursionError as e:
         raise ApiError(400, "invalid_request", "the body is nested too deeply") from e
     except (ValueError, UnicodeDecodeError) as e:
@@ -218,6 +220,15 @@ def check_body(schema: str, body: Any) -> dict[str, Any]:
     except RecursionError as e:
         raise ApiError(400, "invalid_request", "the body is nested too deeply") from e
     return validate(schema, body)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two readers of one body must not see two different values: a repeated
+    # member is refused rather than resolved (RFC 8259, 4, leaves it open).
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        raise ValueError("a member name is repeated")
+    return body
 
 
 def _no_constant(name: str) -> Any:

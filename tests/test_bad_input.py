@@ -169,6 +169,15 @@ async def test_display_text_in_other_scripts_is_welcome(
 
 RAW_CASES: list[tuple[str, str, str, bytes, dict[str, str], int, str]] = [
     (
+        "repeated member",
+        "POST",
+        "/api/v1/users",
+        b'{"display_name": "A", "display_name": "B"}',
+        {},
+        400,
+        "invalid_request",
+    ),
+    (
         "deeply nested JSON",
         "POST",
         "/api/v1/users",
