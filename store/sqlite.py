@@ -75,6 +75,17 @@ T = TypeVar("T")
 # once every this many use_once() calls.
 PURGE_EVERY = 256
 
+# Columns the code relies on, by table (see _check_columns).
+_EXPECTED_COLUMNS = {
+    "clients": "client_id, name, api_key_hash, created_at, revoked_at",
+    "users": "user_id, display_name, key_algorithm, created_by, created_at",
+    "activation_codes": "code_hash, user_id, expires_at, created_at, issued_by",
+    "devices": DEVICE_COLUMNS,
+    "credentials": CREDENTIAL_COLUMNS,
+    "requests": REQUEST_COLUMNS,
+    "audit": AUDIT_COLUMNS,
+}
+
 _DUPLICATE_ERRORS = frozenset(
     {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 )
@@ -177,11 +188,28 @@ class SqliteStore(Store):
             )
 
         version = int(version_rows[0][0])
+        self._check_columns(db)
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"database schema version {version} is newer than this code "
                 f"supports ({SCHEMA_VERSION})"
             )
+
+    def _check_columns(self, db: sqlite3.Connection) -> None:
+        """Refuse a file whose tables lack columns this code reads and writes.
+
+        ``CREATE TABLE IF NOT EXISTS`` leaves an older table as it was; a
+        statement would later fail on it with a misleading error.
+        """
+        for table, columns in _EXPECTED_COLUMNS.items():
+            try:
+                db.execute(f"SELECT {columns} FROM {table} LIMIT 0")
+            except sqlite3.OperationalError as e:
+                raise StoreError(
+                    f"the database at {self._path} was made by another version "
+                    f"of this software ({table}: {e}); move it aside and run "
+                    "`sigil init` again"
+                ) from e
 
     async def close(self) -> None:
         worker, self._worker = self._worker, None

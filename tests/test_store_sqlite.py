@@ -263,3 +263,15 @@ async def test_two_connections_create_one_idempotent_request(
 
     assert len({r.request_id for r in results}) == 1
     assert len(await second_store.list_requests()) == 1
+
+
+async def test_database_of_another_version_is_refused_clearly(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    await raw_query(
+        old,
+        "CREATE TABLE users (user_id TEXT PRIMARY KEY, display_name TEXT NOT NULL,"
+        " key_algorithm TEXT NOT NULL, created_at INTEGER NOT NULL)",
+    )
+
+    with pytest.raises(StoreError, match="made by another version"):
+        await SqliteStore(old).open()
