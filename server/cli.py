@@ -295,7 +295,7 @@ async def cmd_client_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
-    from server.service import add_user
+    from server.enrolment import add_user
     from server.validation import check_body
 
     body = {"display_name": args.display_name, "key_algorithm": args.key_algorithm}
@@ -315,7 +315,7 @@ async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_user_code(args: argparse.Namespace, settings: Settings) -> int:
-    from server.service import issue_activation_code
+    from server.enrolment import issue_activation_code
 
     async with _opened_store(settings) as store:
         issued = await issue_activation_code(

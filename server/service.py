@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import logging
 import secrets
 import uuid
@@ -33,6 +32,12 @@ from sam import (
 from sam.checkpoint import write_checkpoint
 from server.ca import DevelopmentCA
 from server.config import Settings
+from server.enrolment import (
+    IssuedCode,
+    activation_code_hash,
+    add_user,
+    issue_activation_code,
+)
 from server.errors import ApiError
 from server.push import PushSender, check_push_endpoint, check_push_keys
 from server.watch import RequestWatch
@@ -49,13 +54,7 @@ from store import (
     User,
 )
 
-__all__ = [
-    "Service",
-    "activation_code_hash",
-    "add_user",
-    "issue_activation_code",
-    "utcnow",
-]
+__all__ = ["Service", "utcnow"]
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +66,6 @@ STALE_APPROVAL = timedelta(seconds=60)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def activation_code_hash(code: str) -> str:
-    """Hash of the code's canonical form: case, spaces and dashes do not count."""
-    canonical = "".join(c for c in code.upper() if c.isalnum())
-    return hashlib.sha256(("activation\n" + canonical).encode("utf-8")).hexdigest()
-
-
-def _new_activation_code() -> str:
-    # 20 characters of a 32-letter alphabet without look-alikes: 100 bits.
-    alphabet = "ABCDEFGHJKMNPQRSTVWXYZ0123456789"
-    raw = "".join(secrets.choice(alphabet) for _ in range(20))
-    return "-".join(raw[i : i + 5] for i in range(0, 20, 5))
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedCode:
-    code: str = field(repr=False)
-    expires_at: datetime
 
 
 @dataclass(slots=True)
@@ -616,84 +596,3 @@ def _check_hash(index: int, value: str, hash_alg: HashAlg) -> str:
             f"{hash_alg.digest_size}",
         )
     return base64.b64encode(raw).decode("ascii")
-
-
-async def add_user(
-    store: Store,
-    *,
-    display_name: str,
-    key_algorithm: str,
-    user_id: str | None,
-    created_by: str,
-) -> User:
-    """Create a user; the relying app that did it may enrol their first device."""
-    # The name becomes the certificate's common name: at most 64 characters
-    # (RFC 5280, ub-common-name), and SoftHSM2 and most CAs count bytes.
-    if not display_name.strip() or len(display_name.encode("utf-8")) > 64:
-        raise ApiError(
-            400, "invalid_request", "display_name must be 1 to 64 bytes in UTF-8"
-        )
-    user = User(
-        user_id=user_id or str(uuid.uuid4()),
-        display_name=display_name,
-        key_algorithm=str(KeyType(key_algorithm)),
-        created_at=utcnow(),
-        created_by=created_by,
-    )
-    try:
-        await store.add_user(user)
-    except DuplicateError as e:
-        raise ApiError(409, "user_exists", "a user with this id exists") from e
-    await store.append_audit(
-        time=utcnow(),
-        event="user.created",
-        actor=created_by,
-        subject=f"user:{user.user_id}",
-        outcome="success",
-    )
-    return user
-
-
-async def issue_activation_code(
-    store: Store, user_id: str, *, ttl: int, client: Client | None
-) -> IssuedCode:
-    """A one-time enrolment code; it replaces the user's earlier one.
-
-    A relying app may enrol only the first device of a user it created. A
-    further device for an enrolled user needs the operator (``client`` is
-    ``None``): otherwise any relying app could add its own phone to someone
-    else's signing key.
-    """
-    user = await store.get_user(user_id)
-    actor = "operator" if client is None else f"client:{client.client_id}"
-    if user is None or (client is not None and user.created_by != actor):
-        raise ApiError(404, "unknown_user", "no such user")
-    if client is not None and (
-        await store.list_devices(user_id=user_id)
-        or await store.list_credentials(user_id=user_id)
-    ):
-        raise ApiError(
-            409,
-            "user_already_enrolled",
-            "the user has a device; another device needs the operator",
-        )
-    code = _new_activation_code()
-    now = utcnow()
-    expires = now + timedelta(seconds=ttl)
-    await store.add_activation_code(
-        ActivationCode(
-            code_hash=activation_code_hash(code),
-            user_id=user_id,
-            expires_at=expires,
-            created_at=now,
-            issued_by=actor,
-        )
-    )
-    await store.append_audit(
-        time=now,
-        event="activation_code.issued",
-        actor=actor,
-        subject=f"user:{user_id}",
-        outcome="success",
-    )
-    return IssuedCode(code=code, expires_at=expires)

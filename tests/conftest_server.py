@@ -22,7 +22,8 @@ from server.app import Parts, create_app
 from server.auth import api_key_hash, new_api_key
 from server.ca import ensure_ca
 from server.config import Settings
-from server.service import Service, issue_activation_code
+from server.enrolment import issue_activation_code
+from server.service import Service
 from server.state import SERVICE
 from store import Client, Store
 from store.sqlite import SqliteStore

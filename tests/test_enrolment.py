@@ -9,7 +9,7 @@ import pytest
 
 from mobile_stub import Policy, SimulatedPhone
 from mobile_stub.errors import EnrolmentError
-from server.service import activation_code_hash
+from server.enrolment import activation_code_hash
 from store import ActivationCode, DeviceStatus
 from tests.conftest_server import EnrolFactory, Sigil, make_settings
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mobile_stub import Policy, SimulatedPhone
-from server.service import IssuedCode
+from server.enrolment import IssuedCode
 from store import Client, RequestState, SignatureRequest
 from tests.conftest_server import EnrolFactory, Sigil, make_settings, sha256
 
