@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -44,6 +45,12 @@ class Sigil:
     @property
     def service(self) -> Service:
         return self.server.app[SERVICE]
+
+    async def ask(self, user: Enrolled, text: str = "Sign?") -> dict[str, Any]:
+        """The portal asks ``user`` to sign one SHA-256 hash."""
+        return await self.rp.request_signature(
+            user_id=user.user_id, hashes=[sha256(b"x")], display_text=text
+        )
 
     async def operator_code(self, user_id: str) -> str:
         """An activation code as the operator issues it (``sigil user code``)."""

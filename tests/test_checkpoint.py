@@ -17,7 +17,7 @@ from sam.checkpoint import (
 from store import AuditRecord
 from store.audit import GENESIS_HASH, chain_hash, verify_chain
 from store.sqlite import SqliteStore
-from tests.conftest_server import EnrolFactory, Sigil, sha256
+from tests.conftest_server import EnrolFactory, Sigil
 
 
 def _rechain(records: list[AuditRecord]) -> list[AuditRecord]:
@@ -117,9 +117,7 @@ async def test_server_seals_the_trail_and_the_operator_can_check_it(
     sigil: Sigil, enrol: EnrolFactory
 ) -> None:
     user = await enrol()
-    created = await sigil.rp.request_signature(
-        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(user)
     enrol.expected[created["request_id"]] = created["verification_code"]  # type: ignore[attr-defined]
     await sigil.rp.wait_final(created["request_id"], timeout=10)
 

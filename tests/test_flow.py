@@ -143,9 +143,7 @@ async def test_p384_credential_signs_sha384_hashes(
 
 async def test_rejection_ends_in_rejected(sigil: Sigil, enrol: EnrolFactory) -> None:
     user = await enrol(policy=Policy.REJECT)
-    created = await sigil.rp.request_signature(
-        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(user)
     shown = await user.phone.wait_for(created["request_id"])
 
     result = await sigil.rp.wait_final(created["request_id"], timeout=10)
@@ -158,9 +156,7 @@ async def test_wrong_verification_code_ends_in_failed(
     sigil: Sigil, enrol: EnrolFactory
 ) -> None:
     user = await enrol(policy=Policy.WRONG_CODE)
-    created = await sigil.rp.request_signature(
-        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(user)
     enrol.expected[created["request_id"]] = created["verification_code"]  # type: ignore[attr-defined]
     shown = await user.phone.wait_for(created["request_id"])
 
@@ -175,9 +171,7 @@ async def test_cancellation_ends_in_cancelled_and_refuses_later_approval(
     sigil: Sigil, enrol: EnrolFactory
 ) -> None:
     user = await enrol(policy=Policy.SILENT)
-    created = await sigil.rp.request_signature(
-        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(user)
     await user.phone.wait_for(created["request_id"])
 
     cancelled = await sigil.rp.cancel(created["request_id"])
@@ -219,9 +213,7 @@ async def test_long_poll_returns_when_the_phone_approves(
     sigil: Sigil, enrol: EnrolFactory
 ) -> None:
     user = await enrol(policy=Policy.SILENT)
-    created = await sigil.rp.request_signature(
-        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(user)
     rid = created["request_id"]
     await user.phone.wait_for(rid)
     poll = asyncio.create_task(sigil.rp.get(rid, wait=20))
@@ -283,9 +275,7 @@ async def test_relying_app_sees_only_its_own_requests_auth1(
     sigil: Sigil, enrol: EnrolFactory
 ) -> None:
     user = await enrol(policy=Policy.SILENT)
-    created = await sigil.rp.request_signature(
-        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(user)
     other = await sigil.new_client("Other Bank")
 
     status_get, body_get = await other.call(

@@ -30,9 +30,7 @@ async def test_credential_pointing_at_the_ca_key_signs_nothing_sad5(
             )
 
     await asyncio.to_thread(tamper)
-    created = await sigil.rp.request_signature(
-        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(user)
     rid = created["request_id"]
     await user.phone.wait_for(rid)
     details = await user.phone.fetch(rid)

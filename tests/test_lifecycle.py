@@ -18,9 +18,7 @@ async def test_request_cut_off_while_signing_is_failed_on_recovery_state3(
     sigil: Sigil, enrol: EnrolFactory
 ) -> None:
     user = await enrol(policy=Policy.SILENT)
-    created = await sigil.rp.request_signature(
-        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(user)
     rid = created["request_id"]
     # A crash right after the SAD was consumed: approved, never signed.
     long_ago = datetime.now(UTC) - timedelta(minutes=5)
@@ -48,9 +46,7 @@ async def test_recent_approval_is_left_alone_by_recovery(
     sigil: Sigil, enrol: EnrolFactory
 ) -> None:
     user = await enrol(policy=Policy.SILENT)
-    created = await sigil.rp.request_signature(
-        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(user)
     await sigil.store.transition(
         created["request_id"],
         from_states=(RequestState.PENDING,),
@@ -70,9 +66,7 @@ async def test_finished_request_answers_404_after_retention(
     sigil: Sigil, enrol: EnrolFactory
 ) -> None:
     user = await enrol(policy=Policy.SILENT)
-    created = await sigil.rp.request_signature(
-        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(user)
     rid = created["request_id"]
     await sigil.rp.cancel(rid)
     assert (await sigil.rp.get(rid))["state"] == "cancelled"
@@ -105,9 +99,7 @@ async def test_device_sees_only_its_users_pending_requests(
 ) -> None:
     alice = await enrol(policy=Policy.SILENT)
     bob = await enrol(policy=Policy.SILENT)
-    created = await sigil.rp.request_signature(
-        user_id=alice.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(alice)
 
     alice_sees = await alice.phone.pending_request_ids()
     bob_sees = await bob.phone.pending_request_ids()
@@ -149,9 +141,7 @@ async def test_stopping_server_answers_open_long_polls_at_once(
     sigil: Sigil, enrol: EnrolFactory
 ) -> None:
     user = await enrol(policy=Policy.SILENT)
-    created = await sigil.rp.request_signature(
-        user_id=user.user_id, hashes=[sha256(b"x")], display_text="Sign?"
-    )
+    created = await sigil.ask(user)
     poll = asyncio.create_task(sigil.rp.get(created["request_id"], wait=25))
     await asyncio.sleep(0.2)
 
