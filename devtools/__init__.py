@@ -1,0 +1,1 @@
+"""Development tools for tests, demos and scripts; the server never imports them."""
