@@ -24,7 +24,7 @@ from server.errors import error_middleware
 from server.push import PushSender, load_or_create_vapid, vapid_public_key
 from server.service import Service
 from server.state import CLIENT_AUTH, DEVICE_AUTH, SERVICE
-from store import Store, open_store
+from store import Store, StoreUnavailable
 
 __all__ = ["Parts", "build_service", "create_app", "open_parts"]
 
@@ -51,7 +51,7 @@ class Parts:
 
 async def open_parts(settings: Settings) -> Parts:
     settings.apply_environment()
-    store = open_store(settings.store)
+    store = settings.open_store()
     await store.open()
     try:
         hsm = await Hsm.open(settings.hsm_config())
@@ -114,6 +114,14 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
             app[SERVICE] = service
             await service.recover()
             sweeper = asyncio.create_task(_sweep_forever(service))
+            # Where the store can tell (MongoDB change streams), long polls
+            # wake at once for changes other processes make.
+            feed = parts.store.change_feed()
+            follower = (
+                None
+                if feed is None
+                else asyncio.create_task(_follow_changes(service, feed))
+            )
             await parts.store.append_audit(
                 time=_now(),
                 event="server.start",
@@ -124,19 +132,23 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
             try:
                 yield
             finally:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                for task in (sweeper, follower):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 await service.close()
-                await parts.store.append_audit(
-                    time=_now(),
-                    event="server.stop",
-                    actor="server",
-                    subject="server",
-                    outcome="success",
-                )
                 try:
+                    await parts.store.append_audit(
+                        time=_now(),
+                        event="server.stop",
+                        actor="server",
+                        subject="server",
+                        outcome="success",
+                    )
                     await service.checkpoint()
+                except StoreUnavailable as e:
+                    log.warning("stopping without the closing audit records: %s", e)
                 except Exception:
                     log.exception("the closing audit checkpoint failed")
 
@@ -166,6 +178,7 @@ async def _code_secret(store: Store) -> bytes:
 
 async def _sweep_forever(service: Service) -> None:
     sweeps = 0
+    unavailable = False
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
         sweeps += 1
@@ -173,8 +186,22 @@ async def _sweep_forever(service: Service) -> None:
             await service.sweep()
             if sweeps % CHECKPOINT_EVERY == 0:
                 await service.checkpoint()
+        except StoreUnavailable as e:
+            # Once per outage, not once a second.
+            if not unavailable:
+                log.warning("housekeeping paused, the store is unreachable: %s", e)
+            unavailable = True
+            continue
         except Exception:
             log.exception("housekeeping failed")
+        if unavailable:
+            log.warning("the store is reachable again; housekeeping resumed")
+            unavailable = False
+
+
+async def _follow_changes(service: Service, feed: AsyncIterator[str]) -> None:
+    async for request_id in feed:
+        service.watch.changed(request_id)
 
 
 def _now() -> datetime:

@@ -39,7 +39,6 @@ from store import (
     RequestState,
     Store,
     StoreError,
-    open_store,
 )
 
 __all__ = ["main"]
@@ -73,7 +72,7 @@ def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None
 
 @contextlib.asynccontextmanager
 async def _opened_store(settings: Settings) -> AsyncIterator[Store]:
-    store = open_store(settings.store)
+    store = settings.open_store()
     await store.open()
     try:
         yield store

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from hsm import HsmConfig
+from store import Store, open_store
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -32,6 +34,7 @@ class Settings:
     port: int = 8080
     audience: str = "sigil"
     store: str = ""
+    mongodb_database: str = "sigil"
     pkcs11_module: str = DEFAULT_MODULE
     token_label: str = "sigil"  # noqa: S105 - a label, not a secret
     hsm_pin: str = field(default="", repr=False)
@@ -62,6 +65,14 @@ class Settings:
             pool_size=self.hsm_pool_size,
         )
 
+    def open_store(self) -> Store:
+        """The configured store, not opened yet (see store.open_store)."""
+        return open_store(
+            self.store,
+            database=self.mongodb_database,
+            finished_retention=timedelta(seconds=self.finished_retention),
+        )
+
     def apply_environment(self) -> None:
         """Point SoftHSM2 at the project's token folder before the first use."""
         if self.softhsm2_conf and "SOFTHSM2_CONF" not in os.environ:
@@ -87,6 +98,7 @@ def load_settings(home: Path | None = None) -> Settings:
     hsm = data.get("hsm", {})
     push = data.get("push", {})
     requests = data.get("requests", {})
+    store = data.get("store", {})
     env = os.environ
 
     pin = env.get("SIGIL_HSM_PIN", "")
@@ -106,8 +118,11 @@ def load_settings(home: Path | None = None) -> Settings:
             host=env.get("SIGIL_HOST", server.get("host", "127.0.0.1")),
             port=int(env.get("SIGIL_PORT", server.get("port", 8080))),
             audience=server.get("audience", "sigil"),
-            store=env.get(
-                "SIGIL_STORE", data.get("store", {}).get("url", str(home / "sigil.db"))
+            store=env.get("SIGIL_STORE")
+            or env.get("MONGODB_URI")
+            or store.get("url", str(home / "sigil.db")),
+            mongodb_database=env.get(
+                "SIGIL_MONGODB_DB", store.get("database", "sigil")
             ),
             pkcs11_module=env.get(
                 "SIGIL_PKCS11_MODULE", hsm.get("module", DEFAULT_MODULE)

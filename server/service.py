@@ -529,8 +529,10 @@ class Service:
         await write_checkpoint(self.store, self.hsm, self.audit_key_id, now=utcnow())
 
     async def recover(self) -> None:
-        """Fail requests a crash left half-way through signing (STATE-3)."""
+        """Fail requests a crash left half-way through signing (STATE-3), and
+        append audit records an outage kept from being appended."""
         now = utcnow()
+        await self.store.flush_audit(now=now)
         for request_id in await self.store.fail_stale_approved(
             before=now - STALE_APPROVAL, now=now
         ):

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from store.base import Store
 from store.errors import DuplicateError, StoreError, StoreUnavailable
 from store.models import (
@@ -42,12 +44,18 @@ __all__ = [
 _SQLITE_PREFIX = "sqlite:///"
 
 
-def open_store(url_or_path: str) -> Store:
+def open_store(
+    url_or_path: str,
+    *,
+    database: str = "sigil",
+    finished_retention: timedelta = timedelta(hours=1),
+) -> Store:
     """Build the store named by ``url_or_path``; it is not opened yet.
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
     ``sqlite:///:memory:`` or a plain filesystem path give the embedded
-    SQLite store; ``mongodb://`` and ``mongodb+srv://`` name MongoDB.
+    SQLite store; ``mongodb://`` and ``mongodb+srv://`` name MongoDB, in
+    ``database``, keeping finished requests for ``finished_retention``.
     """
     from store.sqlite import SqliteStore
 
@@ -64,6 +72,9 @@ def open_store(url_or_path: str) -> Store:
         return SqliteStore(url_or_path)
 
     if scheme in ("mongodb", "mongodb+srv"):
-        # TODO: lift once store/mongodb.py exists and passes the contract tests.
-        raise NotImplementedError("MongoDB backend not built yet")
+        from store.mongodb import MongoStore
+
+        return MongoStore(
+            url_or_path, database=database, finished_retention=finished_retention
+        )
     raise ValueError(f"unsupported store URL scheme {scheme!r}")

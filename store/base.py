@@ -9,7 +9,7 @@ request or returns ``None`` without touching it. The same contract tests
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -210,3 +210,15 @@ class Store(abc.ABC):
     async def audit_records(
         self, *, after_seq: int = 0, limit: int = 1000
     ) -> Sequence[AuditRecord]: ...
+
+    async def flush_audit(self, *, now: datetime) -> int:
+        """Append audit records of moves whose record could not be appended
+        at once (a backend without atomic moves and appends); return how
+        many. Backends that commit both together have nothing to do."""
+        return 0
+
+    # -- changes made by any process ------------------------------------
+    def change_feed(self) -> AsyncIterator[str] | None:
+        """Ids of requests as any process changes them, or ``None`` when the
+        backend cannot tell; long polls then re-read at a bounded interval."""
+        return None

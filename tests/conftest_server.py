@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from server.enrolment import issue_activation_code
 from server.service import Service
 from server.state import SERVICE
 from store import Client, Store
-from store.sqlite import SqliteStore
+from tests.conftest_store import open_backend
 
 
 @dataclass
@@ -101,12 +102,30 @@ def settings_overrides() -> dict[str, object]:
 
 
 @pytest.fixture
+def store_backend() -> str:
+    """The server's store; a module that runs on every backend overrides it
+    with ``@pytest.fixture(params=BACKENDS)`` (tests/conftest_store.py)."""
+    return "sqlite"
+
+
+@pytest.fixture
 async def sigil(
-    tmp_path: Path, hsm: Hsm, settings_overrides: dict[str, object]
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    hsm: Hsm,
+    settings_overrides: dict[str, object],
+    store_backend: str,
 ) -> AsyncIterator[Sigil]:
     settings = make_settings(tmp_path, **settings_overrides)
-    store = SqliteStore(tmp_path / "sigil.db")
-    await store.open()
+    async with (
+        open_backend(store_backend, request, tmp_path) as store,
+        serve(settings, store, hsm) as running,
+    ):
+        yield running
+
+
+@asynccontextmanager
+async def serve(settings: Settings, store: Store, hsm: Hsm) -> AsyncIterator[Sigil]:
     await ensure_ca(hsm, store, common_name="Sigil Test CA")
     await ensure_audit_key(hsm, store)
     app = create_app(settings, Parts(store=store, hsm=hsm))
@@ -128,7 +147,6 @@ async def sigil(
             yield Sigil(url, settings, store, hsm, server, session, rp)
         finally:
             await server.close()
-            await store.close()
 
 
 EnrolFactory = Callable[..., Awaitable[Enrolled]]

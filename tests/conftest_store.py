@@ -1,41 +1,61 @@
 """The ``store`` fixture: one opened store per backend, on a fresh database.
 
-Every test that takes ``store`` runs once per entry of ``params`` (STATE-2).
-A backend joins by adding a factory to ``STORE_FACTORIES`` and its name to
-``params``.
+Every test that takes ``store`` runs once per backend in ``BACKENDS``
+(STATE-2): the embedded SQLite store on a file in ``tmp_path``, and the
+MongoDB store on a database of its own in the session's MongoDB server
+(FerretDB built from source, or the server ``MONGODB_URI`` names; see
+tests/conftest_mongo.py). ``open_backend`` gives the same choice to fixtures
+that build more than a store, such as the running server of
+tests/conftest_server.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
 from store import Store
+from store.mongodb import MongoStore
 from store.sqlite import SqliteStore
 
-StoreFactory = Callable[[Path], AbstractAsyncContextManager[Store]]
+BACKENDS = ["sqlite", "mongodb"]
 
 
 @asynccontextmanager
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = SqliteStore(tmp_path / "store.db")
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
+async def open_backend(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Store]:
+    """Open a fresh, empty store of backend ``name``; close it after."""
+    if name == "sqlite":
+        sqlite = SqliteStore(tmp_path / "store.db")
+        await sqlite.open()
+        try:
+            yield sqlite
+        finally:
+            await sqlite.close()
+        return
+
+    if name == "mongodb":
+        server = request.getfixturevalue("mongodb_server")
+        mongo = MongoStore(server.uri, database=f"sigil_test_{uuid.uuid4().hex[:12]}")
+        await mongo.open()
+        try:
+            yield mongo
+        finally:
+            try:
+                await mongo.drop_database()
+            finally:
+                await mongo.close()
+        return
+
+    raise ValueError(f"no store backend {name!r}")
 
 
-STORE_FACTORIES: dict[str, StoreFactory] = {
-    "sqlite": sqlite_store,
-}
-
-
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    factory = STORE_FACTORIES[request.param]
-    async with factory(tmp_path) as opened:
+    async with open_backend(request.param, request, tmp_path) as opened:
         yield opened

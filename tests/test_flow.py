@@ -1,5 +1,6 @@
 """The whole job over real HTTP on loopback: request, encrypted push to the
-simulated phone, approval, SAM check and SoftHSM2 signature."""
+simulated phone, approval, SAM check and SoftHSM2 signature, on every store
+backend (STATE-2)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from mobile_stub import Policy
 from tests.conftest_server import EnrolFactory, Sigil, sha256
+from tests.conftest_store import BACKENDS
+
+
+@pytest.fixture(params=BACKENDS)
+def store_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def _verify(

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from store import open_store
+from store.mongodb import MongoStore
 from store.sqlite import SqliteStore
 
 
@@ -28,11 +29,22 @@ def test_paths_and_sqlite_urls_give_the_sqlite_store(location: str, path: str) -
 
 
 @pytest.mark.parametrize(
-    "url", ["mongodb://localhost:27017/sigil", "mongodb+srv://cluster.example/sigil"]
+    ("url", "shown"),
+    [
+        ("mongodb://localhost:27017/sigil", "mongodb://localhost:27017"),
+        (
+            "mongodb+srv://ops:hunter2@cluster.example/sigil?tls=true",
+            "mongodb+srv://cluster.example",
+        ),
+        ("mongodb://u:p%40ss@a:1,b:2/?replicaSet=rs", "mongodb://a:1,b:2"),
+    ],
 )
-def test_mongodb_url_is_not_built_yet(url: str) -> None:
-    with pytest.raises(NotImplementedError, match="MongoDB backend not built yet"):
-        open_store(url)
+def test_mongodb_urls_give_the_mongodb_store_without_credentials_in_repr(
+    url: str, shown: str
+) -> None:
+    chosen = open_store(url, database="signing")
+    assert isinstance(chosen, MongoStore)
+    assert repr(chosen) == f"MongoStore({shown!r}, database='signing')"
 
 
 @pytest.mark.parametrize("location", ["", "sqlite:///", "postgres://db/sigil"])
