@@ -93,7 +93,7 @@ def ensure_binary(*, quiet: bool = False) -> Path:
         raise RuntimeError(
             f"could not build FerretDB: scripts/ensure-ferretdb.sh exited with "
             f"{result.returncode}{detail}\nInstall Go 1.24 or later and run "
-            f"`make ferretdb`, or set MONGODB_URI to a MongoDB server."
+            f"`make ferretdb`."
         )
     return BINARY
 
@@ -202,6 +202,14 @@ class FerretDB:
         finally:
             if process.stdout is not None:
                 process.stdout.close()
+
+    def kill(self) -> None:
+        """An abrupt outage: SIGKILL now. ``stop`` waits (up to about 3 s)
+        for open client connections; this does not. ``restart`` works after
+        either. Does nothing if stopped."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+        self.stop()
 
     def wait(self) -> int:
         """Block until the process exits by itself; its exit code."""

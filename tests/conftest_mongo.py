@@ -80,7 +80,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         session.config.stash[_BUILD_ERROR] = str(e)
 
 
-def _binary(config: pytest.Config) -> Path:
+def _binary(config: pytest.Config, hint: str) -> Path:
     error = config.stash.get(_BUILD_ERROR, None)
     if error is None:
         try:
@@ -88,7 +88,7 @@ def _binary(config: pytest.Config) -> Path:
         except RuntimeError as e:
             error = config.stash[_BUILD_ERROR] = str(e)
     pytest.fail(
-        f"FerretDB is needed for this test and could not be built: {error}",
+        f"FerretDB is needed for this test and could not be built: {error}\n{hint}",
         pytrace=False,
     )
 
@@ -130,7 +130,9 @@ def mongodb_server(
     if uri is not None:
         yield MongoServer(uri=uri, name=_server_name(uri), ferretdb=None)
         return
-    binary = _binary(request.config)
+    binary = _binary(
+        request.config, "Or set MONGODB_URI to a MongoDB server to test on."
+    )
     try:
         server = FerretDB.start(
             tmp_path_factory.mktemp("ferretdb") / "data", binary=binary
@@ -155,17 +157,20 @@ def ferretdb_private(
 ) -> Iterator[FerretDB]:
     """A FerretDB process of this test's own, for outages: stopped after it.
 
-    ``stop()`` takes the database away and ``restart()`` brings it back on
-    the same port with the same data, without disturbing the session's
-    ``mongodb_server``. Both block for up to a few seconds (FerretDB lets
-    open connections finish): call them through ``asyncio.to_thread`` in an
-    async test.
+    ``stop()`` takes the database away (``kill()`` too, abruptly and at
+    once) and ``restart()`` brings it back on the same port with the same
+    data, without disturbing the session's ``mongodb_server``. They block,
+    ``stop()`` for up to about 3 s while FerretDB lets open connections
+    finish: call them through ``asyncio.to_thread`` in an async test.
 
     This is FerretDB even when ``MONGODB_URI`` names a real MongoDB server,
     which a test cannot stop: those tests then still need Go to build
     FerretDB (``make ferretdb``), and fail when it cannot be built.
     """
-    binary = _binary(request.config)
+    binary = _binary(
+        request.config,
+        "A test that stops its server needs FerretDB even when MONGODB_URI is set.",
+    )
     try:
         server = FerretDB.start(tmp_path / "ferretdb", binary=binary)
     except RuntimeError as e:
