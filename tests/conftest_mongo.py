@@ -34,6 +34,7 @@ from devtools.ferretdb import FerretDB
 _USES_SESSION_SERVER = {
     "mongodb_server",
     "mongodb_database_name",
+    "backend",
     "store",
     "store_backend",
 }

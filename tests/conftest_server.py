@@ -28,7 +28,7 @@ from server.enrolment import issue_activation_code
 from server.service import Service
 from server.state import SERVICE
 from store import Client, Store
-from tests.conftest_store import open_backend
+from tests.conftest_store import Backend, open_backend
 
 
 @dataclass
@@ -102,23 +102,22 @@ def settings_overrides() -> dict[str, object]:
 
 
 @pytest.fixture
-def store_backend() -> str:
-    """The server's store; a module that runs on every backend overrides it
-    with ``@pytest.fixture(params=BACKENDS)`` (tests/conftest_store.py)."""
-    return "sqlite"
+def store_backend() -> Backend:
+    """The server's store. A module that runs on every backend overrides it
+    with ``params=BACKENDS`` and ``resolve_backend`` (tests/conftest_store.py)."""
+    return Backend("sqlite")
 
 
 @pytest.fixture
 async def sigil(
-    request: pytest.FixtureRequest,
     tmp_path: Path,
     hsm: Hsm,
     settings_overrides: dict[str, object],
-    store_backend: str,
+    store_backend: Backend,
 ) -> AsyncIterator[Sigil]:
     settings = make_settings(tmp_path, **settings_overrides)
     async with (
-        open_backend(store_backend, request, tmp_path) as store,
+        open_backend(store_backend, tmp_path) as store,
         serve(settings, store, hsm) as running,
     ):
         yield running

@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,26 @@ from store.sqlite import SqliteStore
 BACKENDS = ["sqlite", "mongodb"]
 
 
+@dataclass(frozen=True)
+class Backend:
+    """A store backend a test runs on; ``uri`` names the MongoDB server."""
+
+    name: str
+    uri: str | None = None
+
+
+def resolve_backend(request: pytest.FixtureRequest, name: str) -> Backend:
+    """Call from a sync fixture: starting the session's MongoDB server there
+    keeps that blocking work off the event loop."""
+    if name == "mongodb":
+        return Backend(name, request.getfixturevalue("mongodb_server").uri)
+    return Backend(name)
+
+
 @asynccontextmanager
-async def open_backend(
-    name: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Store]:
-    """Open a fresh, empty store of backend ``name``; close it after."""
+async def open_backend(backend: Backend, tmp_path: Path) -> AsyncIterator[Store]:
+    """Open a fresh, empty store of ``backend``; close it after."""
+    name = backend.name
     if name == "sqlite":
         sqlite = SqliteStore(tmp_path / "store.db")
         await sqlite.open()
@@ -39,9 +55,8 @@ async def open_backend(
             await sqlite.close()
         return
 
-    if name == "mongodb":
-        server = request.getfixturevalue("mongodb_server")
-        mongo = MongoStore(server.uri, database=f"sigil_test_{uuid.uuid4().hex[:12]}")
+    if name == "mongodb" and backend.uri is not None:
+        mongo = MongoStore(backend.uri, database=f"sigil_test_{uuid.uuid4().hex[:12]}")
         await mongo.open()
         try:
             yield mongo
@@ -56,6 +71,11 @@ async def open_backend(
 
 
 @pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_backend(request.param, request, tmp_path) as opened:
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return resolve_backend(request, request.param)
+
+
+@pytest.fixture
+async def store(backend: Backend, tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_backend(backend, tmp_path) as opened:
         yield opened

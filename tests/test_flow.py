@@ -16,12 +16,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from mobile_stub import Policy
 from tests.conftest_server import EnrolFactory, Sigil, sha256
-from tests.conftest_store import BACKENDS
+from tests.conftest_store import BACKENDS, Backend, resolve_backend
 
 
 @pytest.fixture(params=BACKENDS)
-def store_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def store_backend(request: pytest.FixtureRequest) -> Backend:
+    return resolve_backend(request, request.param)
 
 
 def _verify(
