@@ -119,13 +119,23 @@ def _verify(
     ca.verify_directly_issued_by(ca)
 
 
+def _store_name() -> str:
+    """What the server will run on, as the configuration picks it."""
+    if os.environ.get("SIGIL_STORE", "").startswith("mongodb") or (
+        "SIGIL_STORE" not in os.environ and os.environ.get("MONGODB_URI")
+    ):
+        database = os.environ.get("SIGIL_MONGODB_DB", "sigil")
+        return f"MongoDB store, database {database}"
+    return "embedded SQLite store"
+
+
 async def run(document: Path, digest: bytes, home: Path) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, SIGIL_HOME=str(home), PYTHONUNBUFFERED="1")
     server = phone = None
     try:
-        _step(f"starting the server on {url} (embedded SQLite store, SoftHSM2)")
+        _step(f"starting the server on {url} ({_store_name()}, SoftHSM2)")
         server = await asyncio.create_subprocess_exec(
             str(BIN / "sigil"),
             "serve",
