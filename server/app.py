@@ -16,7 +16,7 @@ from aiohttp import web
 from hsm import Hsm
 from sam import SignatureActivationModule
 from sam.checkpoint import audit_key_id
-from server import device_api, rp_api
+from server import device_api, oauth, rp_api
 from server.auth import ClientAuthenticator, DeviceAuthenticator
 from server.ca import load_ca
 from server.config import ConfigError, Settings
@@ -105,8 +105,13 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     app.add_routes(rp_api.routes)
     app.add_routes(device_api.routes)
+    app.add_routes(oauth.routes)
+    tokens = oauth.AccessTokens(
+        parts.store, issuer=settings.audience, ttl=settings.oauth_token_ttl
+    )
+    app[oauth.ACCESS_TOKENS] = tokens
     app[DEVICE_AUTH] = DeviceAuthenticator(parts.store)
-    app[CLIENT_AUTH] = ClientAuthenticator(parts.store)
+    app[CLIENT_AUTH] = ClientAuthenticator(parts.store, tokens=tokens)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as session:

@@ -1,5 +1,5 @@
-"""Who is calling: relying apps by API key (AUTH-1), devices by signature
-(AUTH-2).
+"""Who is calling: relying apps by API key or OAuth2 access token (AUTH-1),
+devices by signature (AUTH-2).
 
 A device signs every call with its key: a compact JWS over the method, the
 path, a hash of the exact body, the time and a single-use id, in the manner
@@ -16,7 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from joserfc import jws
@@ -26,11 +26,15 @@ from joserfc.jwk import ECKey
 from server.errors import ApiError
 from store import Client, Device, DeviceStatus, Store
 
+if TYPE_CHECKING:
+    from server.oauth import AccessTokens
+
 __all__ = [
     "ClientAuthenticator",
     "DeviceAuthenticator",
     "DeviceProof",
     "api_key_hash",
+    "invalid_token",
     "new_api_key",
 ]
 
@@ -59,25 +63,51 @@ def _unauthorized(description: str, scheme: str = "Device") -> ApiError:
     )
 
 
-class ClientAuthenticator:
-    """Finds the relying app by the API key in ``Authorization: Bearer``.
+def invalid_token(description: str) -> ApiError:
+    """A refused OAuth2 access token (RFC 6750, 3.1)."""
+    return ApiError(
+        401,
+        "invalid_token",
+        description,
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
 
-    Known keys are remembered for ``ttl`` seconds, which spares a store read
-    on every call of a busy relying app. Unknown keys are never remembered.
+
+def _is_access_token(credential: str) -> bool:
+    # API keys are "sk_" and base64url, never dotted; tokens are compact JWS.
+    return not credential.startswith("sk_") and credential.count(".") == 2
+
+
+class ClientAuthenticator:
+    """Finds the relying app by the API key or the OAuth2 access token in
+    ``Authorization: Bearer``.
+
+    Known keys, and the clients that tokens name, are remembered for ``ttl``
+    seconds, which spares a store read on every call of a busy relying app.
+    Unknown keys are never remembered.
     """
 
-    def __init__(self, store: Store, *, ttl: float = 30.0) -> None:
+    def __init__(
+        self, store: Store, *, ttl: float = 30.0, tokens: AccessTokens | None = None
+    ) -> None:
         self._store = store
         self._ttl = ttl
+        self._tokens = tokens
         self._known: dict[str, tuple[float, Client]] = {}
+        self._by_id: dict[str, tuple[float, Client]] = {}
 
-    async def verify(self, request: web.Request) -> Client:
+    async def verify(self, request: web.Request, *, scope: str | None = None) -> Client:
+        """The calling relying app. An API key holds every scope; an access
+        token must hold ``scope``, when one is asked, or the call gets 403
+        ``insufficient_scope``."""
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise _unauthorized(
                 "an API key is required: Authorization: Bearer <key>", "Bearer"
             )
+        if self._tokens is not None and _is_access_token(key.strip()):
+            return await self._verify_token(self._tokens, key.strip(), scope)
         digest = api_key_hash(key.strip())
         now = time.monotonic()
         known = self._known.get(digest)
@@ -94,6 +124,45 @@ class ClientAuthenticator:
             self._known.clear()
         self._known[digest] = (now + self._ttl, client)
         return client
+
+    async def _verify_token(
+        self, tokens: AccessTokens, token: str, scope: str | None
+    ) -> Client:
+        access = await tokens.verify(token)
+        client = await self._client_by_id(access.client_id)
+        if client is None:
+            raise invalid_token("the access token's client is unknown")
+        if client.revoked_at is not None:
+            raise invalid_token("the client was revoked")
+        if scope is not None and scope not in access.scopes:
+            raise ApiError(
+                403,
+                "insufficient_scope",
+                f"the access token lacks the scope {scope}",
+                headers={
+                    "WWW-Authenticate": (
+                        f'Bearer error="insufficient_scope", scope="{scope}"'
+                    )
+                },
+            )
+        return client
+
+    async def _client_by_id(self, client_id: str) -> Client | None:
+        now = time.monotonic()
+        known = self._by_id.get(client_id)
+        if known is not None and known[0] > now:
+            return known[1]
+        # The store looks clients up by key hash only; relying apps are few.
+        found = [
+            c for c in await self._store.list_clients() if c.client_id == client_id
+        ]
+        if not found:
+            return None
+        if found[0].revoked_at is None:
+            if len(self._by_id) > 10_000:
+                self._by_id.clear()
+            self._by_id[client_id] = (now + self._ttl, found[0])
+        return found[0]
 
 
 @dataclass(frozen=True, slots=True)

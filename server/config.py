@@ -52,6 +52,7 @@ class Settings:
     activation_code_ttl: int = 900
     long_poll_max: int = 30
     push_timeout: float = 10.0
+    oauth_token_ttl: int = 3600
 
     def hsm_config(self) -> HsmConfig:
         if not self.hsm_pin:
@@ -99,6 +100,7 @@ def load_settings(home: Path | None = None) -> Settings:
     push = data.get("push", {})
     requests = data.get("requests", {})
     store = data.get("store", {})
+    oauth = data.get("oauth", {})
     env = os.environ
 
     pin = env.get("SIGIL_HSM_PIN", "")
@@ -143,8 +145,16 @@ def load_settings(home: Path | None = None) -> Settings:
             activation_code_ttl=int(
                 data.get("enrolment", {}).get("activation_code_ttl_seconds", 900)
             ),
+            oauth_token_ttl=_token_ttl(oauth.get("token_ttl_seconds", 3600)),
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(
             f"invalid value in {path} or a SIGIL_* environment variable: {e}"
         ) from e
+
+
+def _token_ttl(value: Any) -> int:
+    ttl = int(value)
+    if not 60 <= ttl <= 86_400:
+        raise ValueError("oauth.token_ttl_seconds must be between 60 and 86400")
+    return ttl

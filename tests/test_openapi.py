@@ -15,6 +15,7 @@ from hsm import Hsm
 from sam import code_choices
 from server.app import Parts, create_app
 from server.config import Settings
+from server.oauth import SCOPES, TOKEN_PATH
 from server.validation import SCHEMAS
 from server.views import request_for_client, request_for_device, user_view
 from store import Credential, RequestState, SignatureRequest, User
@@ -195,10 +196,34 @@ def test_operations_with_a_body_use_the_validated_schemas(
             "schema"
         ]["$ref"].rsplit("/", 1)[-1]
         for method, path, operation in _operations(spec)
-        if "requestBody" in operation
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
     }
 
     assert found == expected
+
+
+def test_token_endpoint_takes_the_form_fields_and_scopes_it_serves(
+    spec: dict[str, Any],
+) -> None:
+    forms = {
+        (method, path)
+        for method, path, operation in _operations(spec)
+        if "application/x-www-form-urlencoded"
+        in operation.get("requestBody", {}).get("content", {})
+    }
+    operation = spec["paths"][TOKEN_PATH]["post"]
+    body = operation["requestBody"]["content"]["application/x-www-form-urlencoded"]
+    flow = spec["components"]["securitySchemes"]["OAuth2"]["flows"]
+
+    assert forms == {("POST", TOKEN_PATH)}
+    assert set(_resolve(spec, body["schema"])["properties"]) == {
+        "grant_type",
+        "scope",
+        "client_id",
+        "client_secret",
+    }
+    assert flow["clientCredentials"]["tokenUrl"] == TOKEN_PATH
+    assert set(flow["clientCredentials"]["scopes"]) == set(SCOPES)
 
 
 def test_client_request_schema_names_the_fields_of_request_for_client(
