@@ -21,6 +21,7 @@ from store.models import (
     RequestState,
     SignatureRequest,
     User,
+    UserFactors,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "User",
+    "UserFactors",
     "open_store",
 ]
 

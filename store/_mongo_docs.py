@@ -17,6 +17,7 @@ from bson.int64 import Int64
 
 from store._rules import check_aware
 from store.models import (
+    RP,
     ActivationCode,
     AuditRecord,
     Client,
@@ -26,6 +27,7 @@ from store.models import (
     RequestState,
     SignatureRequest,
     User,
+    UserFactors,
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -91,6 +93,7 @@ def user_doc(user: User) -> Doc:
         "key_algorithm": user.key_algorithm,
         "created_by": user.created_by,
         "created_at": to_us(user.created_at, "created_at"),
+        "second_factor": user.second_factor,
     }
 
 
@@ -101,6 +104,7 @@ def user_from_doc(doc: Doc) -> User:
         key_algorithm=doc["key_algorithm"],
         created_by=doc["created_by"],
         created_at=from_us(doc["created_at"]),
+        second_factor=doc.get("second_factor", "none"),
     )
 
 
@@ -204,7 +208,60 @@ def request_doc(request: SignatureRequest) -> Doc:
         "finished_at": (
             None if finished_at is None else to_us(finished_at, "finished_at")
         ),
+        "kind": request.kind,
+        "num_signatures": request.num_signatures,
+        "used_hashes": list(request.used_hashes),
+        "signed_hashes": list(request.signed_hashes),
+        "sad_token_hash": request.sad_token_hash,
+        "authorized_until": opt_us(request.authorized_until, "authorized_until"),
     }
+
+
+def opt_us(value: datetime | None, name: str) -> Int64 | None:
+    return None if value is None else to_us(value, name)
+
+
+def opt_time(value: int | None) -> datetime | None:
+    return None if value is None else from_us(value)
+
+
+def request_sets(changes: dict[str, Any]) -> Doc:
+    """Document fields for changes given by SignatureRequest attribute name."""
+    sets: Doc = {}
+    for name, value in changes.items():
+        if name == "state":
+            sets[name] = RequestState(value).value
+        elif name in ("updated_at", "finished_at", "authorized_until"):
+            sets[name] = opt_us(value, name)
+        elif name in ("signatures", "used_hashes", "signed_hashes"):
+            sets[name] = None if value is None else list(value)
+        elif name in ("sad_digest", "sad_token_hash", "error"):
+            sets[name] = value
+        else:
+            raise ValueError(f"cannot change {name} of a request")
+    return sets
+
+
+def factors_doc(factors: UserFactors) -> Doc:
+    return {
+        "_id": factors.user_id,
+        "pin_hash": factors.pin_hash,
+        "pin_failures": factors.pin_failures,
+        "pin_locked_until": opt_us(factors.pin_locked_until, "pin_locked_until"),
+        "totp_secret": factors.totp_secret,
+        "totp_last_step": factors.totp_last_step,
+    }
+
+
+def factors_from_doc(doc: Doc) -> UserFactors:
+    return UserFactors(
+        user_id=doc["_id"],
+        pin_hash=doc.get("pin_hash"),
+        pin_failures=int(doc.get("pin_failures") or 0),
+        pin_locked_until=opt_time(doc.get("pin_locked_until")),
+        totp_secret=doc.get("totp_secret"),
+        totp_last_step=doc.get("totp_last_step"),
+    )
 
 
 def request_from_doc(doc: Doc) -> SignatureRequest:
@@ -229,6 +286,12 @@ def request_from_doc(doc: Doc) -> SignatureRequest:
         sad_digest=doc.get("sad_digest"),
         error=doc.get("error"),
         finished_at=None if finished_at is None else from_us(finished_at),
+        kind=doc.get("kind", RP),
+        num_signatures=int(doc.get("num_signatures") or 0),
+        used_hashes=tuple(doc.get("used_hashes") or ()),
+        signed_hashes=tuple(doc.get("signed_hashes") or ()),
+        sad_token_hash=doc.get("sad_token_hash"),
+        authorized_until=opt_time(doc.get("authorized_until")),
     )
 
 

@@ -23,6 +23,7 @@ from store.models import (
     RequestState,
     SignatureRequest,
     User,
+    UserFactors,
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -31,7 +32,15 @@ _MICROSECOND = timedelta(microseconds=1)
 REQUEST_COLUMNS = (
     "request_id, client_id, user_id, credential_id, hash_algorithm, hashes,"
     " display_text, nonce, verification_code, state, created_at, updated_at,"
-    " expires_at, idempotency_key, signatures, sad_digest, error, finished_at"
+    " expires_at, idempotency_key, signatures, sad_digest, error, finished_at,"
+    " kind, num_signatures, used_hashes, signed_hashes, sad_token_hash,"
+    " authorized_until"
+)
+USER_COLUMNS = (
+    "user_id, display_name, key_algorithm, created_by, created_at, second_factor"
+)
+FACTOR_COLUMNS = (
+    "user_id, pin_hash, pin_failures, pin_locked_until, totp_secret, totp_last_step"
 )
 DEVICE_COLUMNS = (
     "device_id, user_id, public_key_jwk, push_subscription, status, name, created_at"
@@ -91,6 +100,65 @@ def request_params(request: SignatureRequest) -> tuple[Any, ...]:
         request.sad_digest,
         request.error,
         None if finished_at is None else to_us(finished_at, "finished_at"),
+        request.kind,
+        request.num_signatures,
+        to_json(list(request.used_hashes)),
+        to_json(list(request.signed_hashes)),
+        request.sad_token_hash,
+        _opt_us(request.authorized_until, "authorized_until"),
+    )
+
+
+def _opt_us(value: datetime | None, name: str) -> int | None:
+    return None if value is None else to_us(value, name)
+
+
+def _opt_time(value: int | None) -> datetime | None:
+    return None if value is None else from_us(value)
+
+
+# How each request field is written to its column (see request_changes).
+_REQUEST_ENCODERS: dict[str, Any] = {
+    "state": lambda v: RequestState(v).value,
+    "updated_at": lambda v: to_us(v, "updated_at"),
+    "finished_at": lambda v: _opt_us(v, "finished_at"),
+    "authorized_until": lambda v: _opt_us(v, "authorized_until"),
+    "signatures": lambda v: None if v is None else to_json(list(v)),
+    "used_hashes": lambda v: to_json(list(v)),
+    "signed_hashes": lambda v: to_json(list(v)),
+    "sad_digest": lambda v: v,
+    "sad_token_hash": lambda v: v,
+    "error": lambda v: v,
+}
+
+
+def request_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """Column values for changes given by SignatureRequest attribute name."""
+    unknown = sorted(set(changes) - set(_REQUEST_ENCODERS))
+    if unknown:
+        raise ValueError(f"cannot change {unknown} of a request")
+    return {name: _REQUEST_ENCODERS[name](value) for name, value in changes.items()}
+
+
+def factors_from_row(row: sqlite3.Row) -> UserFactors:
+    return UserFactors(
+        user_id=row["user_id"],
+        pin_hash=row["pin_hash"],
+        pin_failures=row["pin_failures"],
+        pin_locked_until=_opt_time(row["pin_locked_until"]),
+        totp_secret=row["totp_secret"],
+        totp_last_step=row["totp_last_step"],
+    )
+
+
+def factors_params(factors: UserFactors) -> tuple[Any, ...]:
+    return (
+        factors.user_id,
+        factors.pin_hash,
+        factors.pin_failures,
+        _opt_us(factors.pin_locked_until, "pin_locked_until"),
+        factors.totp_secret,
+        factors.totp_last_step,
     )
 
 
@@ -116,6 +184,12 @@ def request_from_row(row: sqlite3.Row) -> SignatureRequest:
         sad_digest=row["sad_digest"],
         error=row["error"],
         finished_at=None if finished_at is None else from_us(finished_at),
+        kind=row["kind"],
+        num_signatures=row["num_signatures"],
+        used_hashes=tuple(json.loads(row["used_hashes"])),
+        signed_hashes=tuple(json.loads(row["signed_hashes"])),
+        sad_token_hash=row["sad_token_hash"],
+        authorized_until=_opt_time(row["authorized_until"]),
     )
 
 
@@ -138,6 +212,7 @@ def user_from_row(row: sqlite3.Row) -> User:
         key_algorithm=row["key_algorithm"],
         created_at=from_us(row["created_at"]),
         created_by=row["created_by"],
+        second_factor=row["second_factor"],
     )
 
 

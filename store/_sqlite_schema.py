@@ -6,7 +6,7 @@ Times are INTEGER microseconds since the Unix epoch (UTC), so ``<`` and
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Run inside BEGIN IMMEDIATE so two processes opening a new file at the
 # same moment do not interleave their CREATE statements.
@@ -36,7 +36,19 @@ CREATE TABLE IF NOT EXISTS users (
     display_name  TEXT NOT NULL,
     key_algorithm TEXT NOT NULL,
     created_by    TEXT NOT NULL,
-    created_at    INTEGER NOT NULL
+    created_at    INTEGER NOT NULL,
+    second_factor TEXT NOT NULL DEFAULT 'none'
+);
+
+-- A signer's second factors (AUTH-3): an Argon2 PIN hash, a TOTP secret
+-- and the last TOTP time step accepted.
+CREATE TABLE IF NOT EXISTS factors (
+    user_id          TEXT PRIMARY KEY REFERENCES users (user_id),
+    pin_hash         TEXT,
+    pin_failures     INTEGER NOT NULL DEFAULT 0,
+    pin_locked_until INTEGER,
+    totp_secret      TEXT,
+    totp_last_step   INTEGER
 );
 
 CREATE TABLE IF NOT EXISTS activation_codes (
@@ -110,7 +122,13 @@ CREATE TABLE IF NOT EXISTS requests (
     signatures        TEXT,
     sad_digest        TEXT,
     error             TEXT,
-    finished_at       INTEGER
+    finished_at       INTEGER,
+    kind              TEXT NOT NULL DEFAULT 'rp',
+    num_signatures    INTEGER NOT NULL DEFAULT 0,
+    used_hashes       TEXT NOT NULL DEFAULT '[]',
+    signed_hashes     TEXT NOT NULL DEFAULT '[]',
+    sad_token_hash    TEXT,
+    authorized_until  INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS requests_idempotency
     ON requests (client_id, idempotency_key)
@@ -146,3 +164,18 @@ END;
 
 COMMIT;
 """
+
+# Steps from each older version to the next, run in order by the store when
+# it opens a file of that version (the tables above only create what is
+# missing, never change a table that exists).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE users ADD COLUMN second_factor TEXT NOT NULL DEFAULT 'none'",
+        "ALTER TABLE requests ADD COLUMN kind TEXT NOT NULL DEFAULT 'rp'",
+        "ALTER TABLE requests ADD COLUMN num_signatures INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE requests ADD COLUMN used_hashes TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE requests ADD COLUMN signed_hashes TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE requests ADD COLUMN sad_token_hash TEXT",
+        "ALTER TABLE requests ADD COLUMN authorized_until INTEGER",
+    ),
+}

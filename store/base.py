@@ -9,10 +9,11 @@ request or returns ``None`` without touching it. The same contract tests
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
+from store._rules import Changes, extend_change, reserve_change, signatures_change
 from store.models import (
     ActivationCode,
     AuditEvent,
@@ -24,9 +25,14 @@ from store.models import (
     RequestState,
     SignatureRequest,
     User,
+    UserFactors,
 )
 
 __all__ = ["Store"]
+
+# A TOTP step is remembered as used this long; the last accepted step, kept
+# with the factors, guards beyond that.
+_TOTP_MEMORY = timedelta(minutes=10)
 
 
 class Store(abc.ABC):
@@ -73,6 +79,34 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_users(self) -> list[User]: ...
+
+    # -- second factors (AUTH-3) ----------------------------------------
+    @abc.abstractmethod
+    async def get_factors(self, user_id: str) -> UserFactors | None: ...
+
+    @abc.abstractmethod
+    async def put_factors(self, factors: UserFactors) -> None:
+        """Create or replace the user's factors."""
+
+    @abc.abstractmethod
+    async def raise_totp_step(self, user_id: str, step: int) -> None:
+        """Remember ``step`` as the last accepted TOTP step unless a later
+        one is already remembered."""
+
+    async def accept_totp_step(self, user_id: str, step: int, *, now: datetime) -> bool:
+        """Accept a TOTP time step once: never a step at or before the last
+        accepted one, and of two callers with the same step only one."""
+        factors = await self.get_factors(user_id)
+        if factors is None or factors.totp_secret is None:
+            return False
+        if factors.totp_last_step is not None and step <= factors.totp_last_step:
+            return False
+        if not await self.use_once(
+            f"totp:{user_id}", str(step), expires_at=now + _TOTP_MEMORY
+        ):
+            return False
+        await self.raise_totp_step(user_id, step)
+        return True
 
     @abc.abstractmethod
     async def add_activation_code(self, code: ActivationCode) -> None:
@@ -127,6 +161,11 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def clear_use_once(self, scope: str) -> int:
+        """Forget every value of ``scope`` (PIN attempt slots after a right
+        PIN or an administrator's unlock); return how many."""
+
+    @abc.abstractmethod
     async def put_challenge(self, challenge: str, *, expires_at: datetime) -> None:
         """Remember a server-issued challenge until it expires."""
 
@@ -178,15 +217,69 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def update_request(
+        self,
+        request_id: str,
+        change: Callable[[SignatureRequest], Changes | None],
+        *,
+        now: datetime,
+        audit: AuditEvent | None = None,
+    ) -> SignatureRequest | None:
+        """Apply ``change`` to the request in one atomic step.
+
+        ``change`` sees the current record and gives the new values of some
+        fields (by attribute name), or ``None`` to leave it as it is; the
+        result is stored only if nobody changed the request in between.
+        ``audit`` is appended with the change, as in ``transition``.
+        """
+
+    # -- CSC authorisations (store._rules) --------------------------------
+    async def reserve_hashes(
+        self, request_id: str, *, hashes: Sequence[str], now: datetime
+    ) -> SignatureRequest | None:
+        """Spend ``hashes`` of a live CSC authorisation, each at most once
+        and never past its number of signatures; ``None`` if not allowed."""
+        return await self.update_request(
+            request_id, lambda r: reserve_change(r, hashes, now), now=now
+        )
+
+    async def add_signatures(
+        self,
+        request_id: str,
+        *,
+        hashes: Sequence[str],
+        signatures: Sequence[str],
+        now: datetime,
+        audit: AuditEvent | None = None,
+    ) -> SignatureRequest | None:
+        """Keep the signatures of spent hashes; the last ends the request."""
+        return await self.update_request(
+            request_id,
+            lambda r: signatures_change(r, hashes, signatures, now),
+            now=now,
+            audit=audit,
+        )
+
+    async def extend_authorization(
+        self, request_id: str, *, until: datetime, now: datetime
+    ) -> SignatureRequest | None:
+        """Let a live CSC authorisation be spent until ``until``."""
+        return await self.update_request(
+            request_id, lambda r: extend_change(r, until, now), now=now
+        )
+
+    @abc.abstractmethod
     async def expire_due(self, *, now: datetime) -> list[str]:
-        """Move pending requests past ``expires_at`` to expired; return ids."""
+        """Move pending requests past ``expires_at``, and CSC authorisations
+        past ``authorized_until``, to expired; return their ids."""
 
     @abc.abstractmethod
     async def fail_stale_approved(
         self, *, before: datetime, now: datetime
     ) -> list[str]:
-        """Move approved requests last updated before ``before`` to failed
-        (crash recovery, STATE-3); return their ids."""
+        """Move relying-party requests approved and last updated before
+        ``before`` to failed (crash recovery, STATE-3); return their ids.
+        CSC authorisations stay approved until spent or expired."""
 
     @abc.abstractmethod
     async def purge_finished(self, *, before: datetime) -> int:

@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "CSC",
+    "RP",
     "ActivationCode",
     "AuditEvent",
     "AuditRecord",
@@ -23,7 +25,14 @@ __all__ = [
     "RequestState",
     "SignatureRequest",
     "User",
+    "UserFactors",
 ]
+
+#: Kinds of signature request. A relying-party request is signed as soon as
+#: the phone approves. A CSC authorisation is only authorised by the
+#: approval; the CSC client then spends it with signatures/signHash calls.
+RP = "rp"
+CSC = "csc"
 
 
 class RequestState(enum.StrEnum):
@@ -55,6 +64,22 @@ class User:
     created_at: datetime
     # "operator", or "client:<id>" of the relying app that created the user.
     created_by: str = "operator"
+    # The second factor the signer's policy asks for (AUTH-3): "none",
+    # "pin" or "totp".
+    second_factor: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class UserFactors:
+    """A signer's second factors (AUTH-3); secrets never show in a repr."""
+
+    user_id: str
+    pin_hash: str | None = field(default=None, repr=False)
+    pin_failures: int = 0
+    pin_locked_until: datetime | None = None
+    totp_secret: str | None = field(default=None, repr=False)
+    # The last TOTP time step accepted: a code is never accepted twice.
+    totp_last_step: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +148,16 @@ class SignatureRequest:
     sad_digest: str | None = None
     error: str | None = None
     finished_at: datetime | None = None
+    kind: str = RP
+    # CSC authorisations: how many signatures the approval allows, the
+    # hashes already spent (each once), the hashes signed with their
+    # signatures in the same order, the hash of the opaque SAD handed to the
+    # CSC client, and until when it can be spent.
+    num_signatures: int = 0
+    used_hashes: tuple[str, ...] = ()
+    signed_hashes: tuple[str, ...] = ()
+    sad_token_hash: str | None = field(default=None, repr=False)
+    authorized_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,9 +66,12 @@ from store._mongo_docs import (
     credential_from_doc,
     device_doc,
     device_from_doc,
+    factors_doc,
+    factors_from_doc,
     idempotency_lookup,
     request_doc,
     request_from_doc,
+    request_sets,
     to_us,
     ttl_date,
     user_doc,
@@ -76,6 +79,7 @@ from store._mongo_docs import (
 )
 from store._rules import (
     STALE_APPROVAL_ERROR,
+    Changes,
     check_limit,
     check_transition,
     check_updates,
@@ -84,6 +88,8 @@ from store.audit import GENESIS_HASH, canonical_json, chain_hash
 from store.base import Store
 from store.errors import DuplicateError, StoreError, StoreUnavailable
 from store.models import (
+    CSC,
+    RP,
     ActivationCode,
     AuditEvent,
     AuditRecord,
@@ -94,6 +100,7 @@ from store.models import (
     RequestState,
     SignatureRequest,
     User,
+    UserFactors,
 )
 
 __all__ = ["MongoStore", "describe_uri"]
@@ -375,6 +382,38 @@ class MongoStore(Store):
             )
         return [user_from_doc(doc) for doc in docs]
 
+    # -- second factors ---------------------------------------------------------
+    async def get_factors(self, user_id: str) -> UserFactors | None:
+        with _translated():
+            doc = await self._col("factors").find_one({"_id": user_id})
+        return None if doc is None else factors_from_doc(doc)
+
+    async def put_factors(self, factors: UserFactors) -> None:
+        doc = factors_doc(factors)
+        with _translated():
+            try:
+                await self._col("factors").replace_one(
+                    {"_id": doc["_id"]}, doc, upsert=True
+                )
+            except DuplicateKeyError:
+                await self._col("factors").replace_one({"_id": doc["_id"]}, doc)
+
+    async def raise_totp_step(self, user_id: str, step: int) -> None:
+        # Each step is accepted once through use_once's unique insert; this
+        # only remembers the latest beyond use_once's memory, so a lost race
+        # between two different steps costs nothing.
+        with _translated():
+            await self._col("factors").update_one(
+                {
+                    "_id": user_id,
+                    "$or": [
+                        {"totp_last_step": None},
+                        {"totp_last_step": {"$lt": step}},
+                    ],
+                },
+                {"$set": {"totp_last_step": step}},
+            )
+
     async def add_activation_code(self, code: ActivationCode) -> None:
         codes = self._col("activation_codes")
         with _translated():
@@ -488,6 +527,11 @@ class MongoStore(Store):
         if self._use_once_calls % PURGE_EVERY == 0:
             await self._purge_expired(now)
         return fresh
+
+    async def clear_use_once(self, scope: str) -> int:
+        with _translated():
+            result = await self._col("used_values").delete_many({"scope": scope})
+        return result.deleted_count
 
     async def _purge_expired(self, now: datetime) -> None:
         now_us = to_us(now, "now")
@@ -625,10 +669,7 @@ class MongoStore(Store):
                 return None
             if not_expired and doc["expires_at"] <= now_us:
                 return None
-            sets = self._moved_fields(to_state, now)
-            for name, value in fields.items():
-                sets[name] = list(value) if isinstance(value, tuple) else value
-            return sets
+            return {**self._moved_fields(to_state, now), **request_sets(fields)}
 
         entry = None if audit is None else _audit_entry(now_us, audit)
         moved = await self._move(request_id, decide, entry)
@@ -637,6 +678,27 @@ class MongoStore(Store):
             return None
         logger.debug("request %s moved to %s", request_id, to_state.value)
         return request_from_doc(moved)
+
+    async def update_request(
+        self,
+        request_id: str,
+        change: Callable[[SignatureRequest], Changes | None],
+        *,
+        now: datetime,
+        audit: AuditEvent | None = None,
+    ) -> SignatureRequest | None:
+        def decide(doc: Doc) -> Doc | None:
+            changes = change(request_from_doc(doc))
+            if changes is None:
+                return None
+            sets = request_sets(changes)
+            if changes.get("finished_at") is not None:
+                sets["purge_at"] = ttl_date(changes["finished_at"] + self._retention)
+            return sets
+
+        entry = None if audit is None else _audit_entry(to_us(now, "now"), audit)
+        moved = await self._move(request_id, decide, entry)
+        return None if moved is None else request_from_doc(moved)
 
     def _moved_fields(self, to_state: RequestState, now: datetime) -> Doc:
         now_us = to_us(now, "now")
@@ -763,8 +825,24 @@ class MongoStore(Store):
         ids = await self._move_each(
             {"state": pending, "expires_at": {"$lte": now_us}}, decide
         )
+        approved = RequestState.APPROVED.value
+
+        def decide_csc(doc: Doc) -> Doc | None:
+            until = doc.get("authorized_until")
+            if doc["state"] != approved or until is None or until > now_us:
+                return None
+            return self._moved_fields(RequestState.EXPIRED, now)
+
+        ids += await self._move_each(
+            {
+                "state": approved,
+                "kind": CSC,
+                "authorized_until": {"$lte": now_us},
+            },
+            decide_csc,
+        )
         if ids:
-            logger.debug("expired %s pending requests", len(ids))
+            logger.debug("expired %s requests", len(ids))
         return ids
 
     async def fail_stale_approved(
@@ -776,12 +854,14 @@ class MongoStore(Store):
         def decide(doc: Doc) -> Doc | None:
             if doc["state"] != approved or doc["updated_at"] >= before_us:
                 return None
+            if doc.get("kind", RP) != RP:
+                return None
             sets = self._moved_fields(RequestState.FAILED, now)
             sets["error"] = doc.get("error") or STALE_APPROVAL_ERROR
             return sets
 
         ids = await self._move_each(
-            {"state": approved, "updated_at": {"$lt": before_us}}, decide
+            {"state": approved, "kind": RP, "updated_at": {"$lt": before_us}}, decide
         )
         if ids:
             logger.warning("failed %s approved requests left unsigned", len(ids))

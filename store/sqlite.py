@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from store._rules import (
     STALE_APPROVAL_ERROR,
+    Changes,
     check_limit,
     check_transition,
     check_updates,
@@ -33,20 +34,25 @@ from store._sqlite_rows import (
     AUDIT_COLUMNS,
     CREDENTIAL_COLUMNS,
     DEVICE_COLUMNS,
+    FACTOR_COLUMNS,
     REQUEST_COLUMNS,
+    USER_COLUMNS,
     audit_from_row,
     client_from_row,
     credential_from_row,
     credential_params,
     device_from_row,
+    factors_from_row,
+    factors_params,
     from_us,
+    request_changes,
     request_from_row,
     request_params,
     to_json,
     to_us,
     user_from_row,
 )
-from store._sqlite_schema import SCHEMA, SCHEMA_VERSION
+from store._sqlite_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from store._sqlite_worker import SqliteWorker
 from store.audit import GENESIS_HASH, canonical_json, chain_hash
 from store.base import Store
@@ -62,6 +68,7 @@ from store.models import (
     RequestState,
     SignatureRequest,
     User,
+    UserFactors,
 )
 
 __all__ = ["SqliteStore"]
@@ -78,7 +85,8 @@ PURGE_EVERY = 256
 # Columns the code relies on, by table (see _check_columns).
 _EXPECTED_COLUMNS = {
     "clients": "client_id, name, api_key_hash, created_at, revoked_at",
-    "users": "user_id, display_name, key_algorithm, created_by, created_at",
+    "users": USER_COLUMNS,
+    "factors": FACTOR_COLUMNS,
     "activation_codes": "code_hash, user_id, expires_at, created_at, issued_by",
     "devices": DEVICE_COLUMNS,
     "credentials": CREDENTIAL_COLUMNS,
@@ -92,7 +100,7 @@ _DUPLICATE_ERRORS = frozenset(
 
 _INSERT_REQUEST = f"""
 INSERT INTO requests ({REQUEST_COLUMNS})
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES ({", ".join("?" * 24)})
 ON CONFLICT (client_id, idempotency_key) WHERE idempotency_key IS NOT NULL
 DO NOTHING
 RETURNING {REQUEST_COLUMNS}
@@ -188,12 +196,41 @@ class SqliteStore(Store):
             )
 
         version = int(version_rows[0][0])
+        if version < SCHEMA_VERSION:
+            self._migrate(db, version)
         self._check_columns(db)
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"database schema version {version} is newer than this code "
                 f"supports ({SCHEMA_VERSION})"
             )
+
+    def _migrate(self, db: sqlite3.Connection, version: int) -> None:
+        """Bring a file of an older schema version up to this one."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            current = int(
+                db.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                ).fetchone()[0]
+            )
+            for step in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS.get(step, ()):
+                    db.execute(statement)
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                (str(SCHEMA_VERSION),),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        logger.warning(
+            "upgraded the SQLite store at %s from schema version %s to %s",
+            self._path,
+            version,
+            SCHEMA_VERSION,
+        )
 
     def _check_columns(self, db: sqlite3.Connection) -> None:
         """Refuse a file whose tables lack columns this code reads and writes.
@@ -270,34 +307,49 @@ class SqliteStore(Store):
     # -- users and activation codes -------------------------------------------
     async def add_user(self, user: User) -> None:
         await self._query(
-            "INSERT INTO users"
-            " (user_id, display_name, key_algorithm, created_by, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            f"INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             (
                 user.user_id,
                 user.display_name,
                 user.key_algorithm,
                 user.created_by,
                 to_us(user.created_at, "created_at"),
+                user.second_factor,
             ),
         )
 
     async def get_user(self, user_id: str) -> User | None:
         rows = await self._query(
-            "SELECT user_id, display_name, key_algorithm, created_by, created_at"
-            " FROM users"
-            " WHERE user_id = ?",
-            (user_id,),
+            f"SELECT {USER_COLUMNS} FROM users WHERE user_id = ?", (user_id,)
         )
         return user_from_row(rows[0]) if rows else None
 
     async def list_users(self) -> list[User]:
         rows = await self._query(
-            "SELECT user_id, display_name, key_algorithm, created_by, created_at"
-            " FROM users"
-            " ORDER BY created_at, user_id"
+            f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at, user_id"
         )
         return [user_from_row(row) for row in rows]
+
+    # -- second factors ---------------------------------------------------------
+    async def get_factors(self, user_id: str) -> UserFactors | None:
+        rows = await self._query(
+            f"SELECT {FACTOR_COLUMNS} FROM factors WHERE user_id = ?", (user_id,)
+        )
+        return factors_from_row(rows[0]) if rows else None
+
+    async def put_factors(self, factors: UserFactors) -> None:
+        await self._query(
+            f"INSERT OR REPLACE INTO factors ({FACTOR_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            factors_params(factors),
+        )
+
+    async def raise_totp_step(self, user_id: str, step: int) -> None:
+        await self._query(
+            "UPDATE factors SET totp_last_step = ? WHERE user_id = ?"
+            " AND (totp_last_step IS NULL OR totp_last_step < ?)",
+            (step, user_id, step),
+        )
 
     async def add_activation_code(self, code: ActivationCode) -> None:
         await self._query(
@@ -448,6 +500,9 @@ class SqliteStore(Store):
             await self._purge_expired(now_us)
         return bool(rows)
 
+    async def clear_use_once(self, scope: str) -> int:
+        return await self._execute("DELETE FROM used_values WHERE scope = ?", (scope,))
+
     async def _purge_expired(self, now_us: int) -> None:
         purged = 0
         for table in ("used_values", "challenges", "activation_codes"):
@@ -572,9 +627,7 @@ class SqliteStore(Store):
         for name in sorted(fields):
             value = fields[name]
             assignments.append(f"{name} = ?")
-            if name == "signatures" and value is not None:
-                value = to_json(list(value))
-            params.append(value)
+            params.append(request_changes({name: value})[name])
 
         condition = f"request_id = ? AND state IN ({_placeholders(len(states))})"
         params.append(request_id)
@@ -602,13 +655,51 @@ class SqliteStore(Store):
         logger.debug("request %s moved to %s", request_id, to_state.value)
         return request_from_row(rows[0])
 
+    async def update_request(
+        self,
+        request_id: str,
+        change: Callable[[SignatureRequest], Changes | None],
+        *,
+        now: datetime,
+        audit: AuditEvent | None = None,
+    ) -> SignatureRequest | None:
+        now_us = to_us(now, "now")
+
+        def apply(db: sqlite3.Connection) -> list[sqlite3.Row]:
+            # Read, decide and write in one job: the worker's transaction
+            # keeps every other writer out in between.
+            rows = db.execute(
+                f"SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ?",
+                (request_id,),
+            ).fetchall()
+            if not rows:
+                return []
+            changes = change(request_from_row(rows[0]))
+            if changes is None:
+                return []
+            columns = request_changes(changes)
+            # Column names come from _sqlite_rows' fixed table, never a caller.
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            rows = db.execute(
+                f"UPDATE requests SET {assignments} WHERE request_id = ?"
+                f" RETURNING {REQUEST_COLUMNS}",
+                (*columns.values(), request_id),
+            ).fetchall()
+            if rows and audit is not None:
+                _append_audit(db, now_us, audit)
+            return rows
+
+        rows = await self._run(apply, writes=True)
+        return request_from_row(rows[0]) if rows else None
+
     async def expire_due(self, *, now: datetime) -> list[str]:
         now_us = to_us(now, "now")
         rows = await self._query(
             "UPDATE requests SET state = 'expired', updated_at = ?, finished_at = ?"
-            " WHERE state = 'pending' AND expires_at <= ?"
+            " WHERE (state = 'pending' AND expires_at <= ?)"
+            " OR (state = 'approved' AND kind = 'csc' AND authorized_until <= ?)"
             " RETURNING request_id",
-            (now_us, now_us, now_us),
+            (now_us, now_us, now_us, now_us),
         )
         ids = [str(row[0]) for row in rows]
         if ids:
@@ -623,7 +714,7 @@ class SqliteStore(Store):
         rows = await self._query(
             "UPDATE requests SET state = 'failed', updated_at = ?, finished_at = ?,"
             " error = coalesce(error, ?)"
-            " WHERE state = 'approved' AND updated_at < ?"
+            " WHERE state = 'approved' AND kind = 'rp' AND updated_at < ?"
             " RETURNING request_id",
             (now_us, now_us, STALE_APPROVAL_ERROR, before_us),
         )

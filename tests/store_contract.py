@@ -27,8 +27,10 @@ from store import (
     SignatureRequest,
     Store,
     User,
+    UserFactors,
 )
 from store.audit import GENESIS_HASH, verify_chain
+from store.models import CSC
 
 T0 = datetime(2030, 5, 17, 9, 30, 0, 123456, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
@@ -934,3 +936,234 @@ async def test_audit_refuses_details_that_are_not_json(store: Store) -> None:
             details={"raw": b"\x00"},
         )
     assert await store.audit_records() == []
+
+
+# -- second factors (AUTH-3) ------------------------------------------------
+async def test_user_keeps_its_second_factor_policy(store: Store) -> None:
+    await store.add_user(replace(USER, user_id="user-pin", second_factor="pin"))
+
+    found = await store.get_user("user-pin")
+    assert found is not None and found.second_factor == "pin"
+    await store.add_user(USER)
+    assert (await store.get_user(USER.user_id)).second_factor == "none"  # type: ignore[union-attr]
+
+
+async def test_factors_round_trip_and_are_replaced(store: Store) -> None:
+    await store.add_user(USER)
+    assert await store.get_factors(USER.user_id) is None
+    factors = UserFactors(
+        user_id=USER.user_id,
+        pin_hash="$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
+        totp_secret="JBSWY3DPEHPK3PXP",
+    )
+
+    await store.put_factors(factors)
+    assert await store.get_factors(USER.user_id) == factors
+    await store.put_factors(replace(factors, pin_hash=None, pin_locked_until=T0))
+    again = await store.get_factors(USER.user_id)
+    assert again is not None
+    assert (again.pin_hash, again.pin_locked_until) == (None, T0)
+    assert "JBSWY3DP" not in repr(again) and "argon2" not in repr(factors)
+
+
+async def test_totp_step_is_accepted_once_and_never_an_earlier_one(
+    store: Store,
+) -> None:
+    await store.add_user(USER)
+    now = datetime.now(UTC)
+    await store.put_factors(UserFactors(USER.user_id, totp_secret="JBSWY3DPEHPK3PXP"))
+
+    assert await store.accept_totp_step(USER.user_id, 1000, now=now)
+    assert not await store.accept_totp_step(USER.user_id, 1000, now=now)
+    assert not await store.accept_totp_step(USER.user_id, 999, now=now)
+    assert await store.accept_totp_step(USER.user_id, 1001, now=now)
+    factors = await store.get_factors(USER.user_id)
+    assert factors is not None and factors.totp_last_step == 1001
+
+
+async def test_concurrent_uses_of_one_totp_step_have_one_winner(store: Store) -> None:
+    await store.add_user(USER)
+    await store.put_factors(UserFactors(USER.user_id, totp_secret="JBSWY3DPEHPK3PXP"))
+    now = datetime.now(UTC)
+
+    results = await asyncio.gather(
+        *(store.accept_totp_step(USER.user_id, 5000, now=now) for _ in range(8))
+    )
+
+    assert sum(results) == 1
+
+
+async def test_totp_step_without_a_secret_is_refused(store: Store) -> None:
+    await store.add_user(USER)
+    assert not await store.accept_totp_step(USER.user_id, 1, now=datetime.now(UTC))
+
+
+async def test_clear_use_once_forgets_one_scope_only(store: Store) -> None:
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    assert await store.use_once("pin:user-1", "1", expires_at=later)
+    assert await store.use_once("pin:user-1", "2", expires_at=later)
+    assert await store.use_once("pin:user-2", "1", expires_at=later)
+
+    assert await store.clear_use_once("pin:user-1") == 2
+
+    assert await store.use_once("pin:user-1", "1", expires_at=later)
+    assert not await store.use_once("pin:user-2", "1", expires_at=later)
+
+
+# -- CSC authorisations ------------------------------------------------------
+HASHES = ("aGFzaC1vbmU=", "aGFzaC10d28=", "aGFzaC10aHJlZQ==")
+
+
+async def authorised(
+    store: Store, *, num: int = 3, until: datetime = T0 + 60 * SECOND
+) -> None:
+    """A CSC authorisation over HASHES that the phone has approved."""
+    await seed(store)
+    await store.create_request(
+        make_request(kind=CSC, hashes=HASHES, num_signatures=num)
+    )
+    moved = await store.transition(
+        "req-1",
+        from_states=[PENDING],
+        to_state=APPROVED,
+        now=T0,
+        updates={"sad_token_hash": "t" * 64, "authorized_until": until},
+    )
+    assert moved is not None
+
+
+async def test_csc_authorisation_round_trips(store: Store) -> None:
+    await authorised(store)
+
+    found = await store.get_request("req-1")
+    assert found is not None
+    assert (found.kind, found.num_signatures, found.used_hashes) == (CSC, 3, ())
+    assert found.sad_token_hash == "t" * 64
+    assert found.authorized_until == T0 + 60 * SECOND
+    assert "t" * 64 not in repr(found)
+
+
+async def test_hashes_are_spent_once_and_signed_to_the_end(store: Store) -> None:
+    await authorised(store)
+
+    first = await store.reserve_hashes("req-1", hashes=HASHES[:2], now=T0)
+    assert first is not None and first.used_hashes == HASHES[:2]
+    assert await store.reserve_hashes("req-1", hashes=HASHES[1:2], now=T0) is None
+
+    kept = await store.add_signatures(
+        "req-1", hashes=HASHES[:2], signatures=("s1", "s2"), now=T0
+    )
+    assert kept is not None and kept.state is APPROVED
+    assert kept.signatures == ("s1", "s2") and kept.signed_hashes == HASHES[:2]
+
+    assert await store.reserve_hashes("req-1", hashes=HASHES[2:], now=T0) is not None
+    done = await store.add_signatures(
+        "req-1",
+        hashes=HASHES[2:],
+        signatures=("s3",),
+        now=T0 + SECOND,
+        audit=AuditEvent("key.used", "server", "request:req-1", "success"),
+    )
+    assert done is not None and done.state is SIGNED
+    assert done.finished_at == T0 + SECOND
+    assert done.signatures == ("s1", "s2", "s3")
+    records = await store.audit_records()
+    assert [r.event for r in records] == ["key.used"]
+
+
+@pytest.mark.parametrize(
+    ("hashes", "why"),
+    [
+        (("bm90LWNvdmVyZWQ=",), "a hash the approval does not cover"),
+        ((HASHES[0], HASHES[0]), "the same hash twice"),
+        ((), "no hash"),
+    ],
+)
+async def test_hashes_outside_the_authorisation_are_refused(
+    store: Store, hashes: tuple[str, ...], why: str
+) -> None:
+    await authorised(store)
+
+    assert await store.reserve_hashes("req-1", hashes=hashes, now=T0) is None, why
+    found = await store.get_request("req-1")
+    assert found is not None and found.used_hashes == ()
+
+
+async def test_no_more_signatures_than_authorised(store: Store) -> None:
+    await authorised(store, num=1)
+
+    assert await store.reserve_hashes("req-1", hashes=HASHES[:2], now=T0) is None
+    assert await store.reserve_hashes("req-1", hashes=HASHES[:1], now=T0) is not None
+    assert await store.reserve_hashes("req-1", hashes=HASHES[1:2], now=T0) is None
+
+
+async def test_concurrent_spending_never_goes_past_the_number(store: Store) -> None:
+    await authorised(store, num=2)
+
+    results = await asyncio.gather(
+        *(
+            store.reserve_hashes("req-1", hashes=(h,), now=T0)
+            for h in HASHES
+            for _ in range(3)
+        )
+    )
+
+    assert sum(r is not None for r in results) == 2
+    found = await store.get_request("req-1")
+    assert found is not None and len(set(found.used_hashes)) == 2
+
+
+async def test_expired_authorisation_cannot_be_spent_or_extended_and_expires(
+    store: Store,
+) -> None:
+    await authorised(store, until=T0 + 10 * SECOND)
+    late = T0 + 10 * SECOND
+
+    assert await store.reserve_hashes("req-1", hashes=HASHES[:1], now=late) is None
+    assert (
+        await store.extend_authorization("req-1", until=late + 60 * SECOND, now=late)
+        is None
+    )
+    assert await store.expire_due(now=late) == ["req-1"]
+    found = await store.get_request("req-1")
+    assert found is not None and found.state is RequestState.EXPIRED
+
+
+async def test_live_authorisation_is_extended_never_shortened(store: Store) -> None:
+    await authorised(store, until=T0 + 10 * SECOND)
+
+    longer = await store.extend_authorization(
+        "req-1", until=T0 + 70 * SECOND, now=T0 + 5 * SECOND
+    )
+    assert longer is not None and longer.authorized_until == T0 + 70 * SECOND
+    same = await store.extend_authorization(
+        "req-1", until=T0 + 20 * SECOND, now=T0 + 6 * SECOND
+    )
+    assert same is not None and same.authorized_until == T0 + 70 * SECOND
+
+
+async def test_crash_recovery_leaves_csc_authorisations_alone(store: Store) -> None:
+    await authorised(store, until=T0 + 3600 * SECOND)
+
+    failed = await store.fail_stale_approved(
+        before=T0 + 600 * SECOND, now=T0 + 600 * SECOND
+    )
+
+    assert failed == []
+    found = await store.get_request("req-1")
+    assert found is not None and found.state is APPROVED
+
+
+async def test_relying_party_request_cannot_be_spent_like_csc(store: Store) -> None:
+    await seed(store)
+    await add_request(store)
+    await store.transition("req-1", from_states=[PENDING], to_state=APPROVED, now=T0)
+
+    assert (
+        await store.reserve_hashes("req-1", hashes=make_request().hashes[:1], now=T0)
+        is None
+    )
+
+
+async def test_update_request_of_unknown_request_is_none(store: Store) -> None:
+    assert await store.update_request("nope", lambda r: {"error": "x"}, now=T0) is None

@@ -12,6 +12,7 @@ import pytest
 
 import store.sqlite
 from store import DuplicateError, RequestState, StoreError, StoreUnavailable
+from store._sqlite_schema import SCHEMA_VERSION
 from store.audit import verify_chain
 from store.sqlite import SqliteStore
 from tests.store_contract import CLIENT, T0, USER, make_request, seed
@@ -73,7 +74,7 @@ async def test_database_runs_in_wal_mode_with_a_schema_version(
     )
 
     assert mode == "wal"
-    assert version == "1"
+    assert version == str(SCHEMA_VERSION)
 
 
 async def test_data_survives_reopening(
@@ -275,3 +276,48 @@ async def test_database_of_another_version_is_refused_clearly(tmp_path: Path) ->
 
     with pytest.raises(StoreError, match="made by another version"):
         await SqliteStore(old).open()
+
+
+async def test_database_of_schema_version_1_is_upgraded_in_place(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = SqliteStore(db_path)
+    await first.open()
+    await seed(first)
+    await first.create_request(make_request())
+    await first.close()
+    # Make the file what version 1 wrote: without the columns of CSC
+    # authorisations and second factors.
+    await raw_query(
+        db_path,
+        *(
+            f"ALTER TABLE {table} DROP COLUMN {column}"
+            for table, column in [
+                ("users", "second_factor"),
+                ("requests", "kind"),
+                ("requests", "num_signatures"),
+                ("requests", "used_hashes"),
+                ("requests", "signed_hashes"),
+                ("requests", "sad_token_hash"),
+                ("requests", "authorized_until"),
+            ]
+        ),
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+    )
+
+    upgraded = SqliteStore(db_path)
+    await upgraded.open()
+    try:
+        request = await upgraded.get_request("req-1")
+        user = await upgraded.get_user(USER.user_id)
+    finally:
+        await upgraded.close()
+
+    assert request is not None and request.kind == "rp"
+    assert request.used_hashes == () and request.authorized_until is None
+    assert user is not None and user.second_factor == "none"
+    assert "upgraded the SQLite store" in caplog.text
+    [[version]] = await raw_query(
+        db_path, "SELECT value FROM meta WHERE key = 'schema_version'"
+    )
+    assert version == str(SCHEMA_VERSION)
