@@ -212,7 +212,6 @@ def request_doc(request: SignatureRequest) -> Doc:
         "num_signatures": request.num_signatures,
         "used_hashes": list(request.used_hashes),
         "signed_hashes": list(request.signed_hashes),
-        "sad_token_hash": request.sad_token_hash,
         "authorized_until": opt_us(request.authorized_until, "authorized_until"),
     }
 
@@ -235,7 +234,7 @@ def request_sets(changes: dict[str, Any]) -> Doc:
             sets[name] = opt_us(value, name)
         elif name in ("signatures", "used_hashes", "signed_hashes"):
             sets[name] = None if value is None else list(value)
-        elif name in ("sad_digest", "sad_token_hash", "error"):
+        elif name in ("sad_digest", "error"):
             sets[name] = value
         else:
             raise ValueError(f"cannot change {name} of a request")
@@ -290,7 +289,6 @@ def request_from_doc(doc: Doc) -> SignatureRequest:
         num_signatures=int(doc.get("num_signatures") or 0),
         used_hashes=tuple(doc.get("used_hashes") or ()),
         signed_hashes=tuple(doc.get("signed_hashes") or ()),
-        sad_token_hash=doc.get("sad_token_hash"),
         authorized_until=opt_time(doc.get("authorized_until")),
     )
 

@@ -32,9 +32,7 @@ Changes = dict[str, Any]
 # Written to ``error`` when crash recovery fails an approved request (STATE-3).
 STALE_APPROVAL_ERROR = "signing_interrupted"
 
-UPDATABLE_FIELDS = frozenset(
-    {"signatures", "sad_digest", "error", "sad_token_hash", "authorized_until"}
-)
+UPDATABLE_FIELDS = frozenset({"signatures", "sad_digest", "error", "authorized_until"})
 
 
 def check_aware(value: datetime, name: str) -> datetime:

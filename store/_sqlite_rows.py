@@ -33,7 +33,7 @@ REQUEST_COLUMNS = (
     "request_id, client_id, user_id, credential_id, hash_algorithm, hashes,"
     " display_text, nonce, verification_code, state, created_at, updated_at,"
     " expires_at, idempotency_key, signatures, sad_digest, error, finished_at,"
-    " kind, num_signatures, used_hashes, signed_hashes, sad_token_hash,"
+    " kind, num_signatures, used_hashes, signed_hashes,"
     " authorized_until"
 )
 USER_COLUMNS = (
@@ -104,7 +104,6 @@ def request_params(request: SignatureRequest) -> tuple[Any, ...]:
         request.num_signatures,
         to_json(list(request.used_hashes)),
         to_json(list(request.signed_hashes)),
-        request.sad_token_hash,
         _opt_us(request.authorized_until, "authorized_until"),
     )
 
@@ -127,7 +126,6 @@ _REQUEST_ENCODERS: dict[str, Any] = {
     "used_hashes": lambda v: to_json(list(v)),
     "signed_hashes": lambda v: to_json(list(v)),
     "sad_digest": lambda v: v,
-    "sad_token_hash": lambda v: v,
     "error": lambda v: v,
 }
 
@@ -188,7 +186,6 @@ def request_from_row(row: sqlite3.Row) -> SignatureRequest:
         num_signatures=row["num_signatures"],
         used_hashes=tuple(json.loads(row["used_hashes"])),
         signed_hashes=tuple(json.loads(row["signed_hashes"])),
-        sad_token_hash=row["sad_token_hash"],
         authorized_until=_opt_time(row["authorized_until"]),
     )
 

@@ -127,7 +127,6 @@ CREATE TABLE IF NOT EXISTS requests (
     num_signatures    INTEGER NOT NULL DEFAULT 0,
     used_hashes       TEXT NOT NULL DEFAULT '[]',
     signed_hashes     TEXT NOT NULL DEFAULT '[]',
-    sad_token_hash    TEXT,
     authorized_until  INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS requests_idempotency
@@ -175,7 +174,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE requests ADD COLUMN num_signatures INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE requests ADD COLUMN used_hashes TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE requests ADD COLUMN signed_hashes TEXT NOT NULL DEFAULT '[]'",
-        "ALTER TABLE requests ADD COLUMN sad_token_hash TEXT",
         "ALTER TABLE requests ADD COLUMN authorized_until INTEGER",
     ),
 }

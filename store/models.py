@@ -151,12 +151,10 @@ class SignatureRequest:
     kind: str = RP
     # CSC authorisations: how many signatures the approval allows, the
     # hashes already spent (each once), the hashes signed with their
-    # signatures in the same order, the hash of the opaque SAD handed to the
-    # CSC client, and until when it can be spent.
+    # signatures in the same order, and until when it can be spent.
     num_signatures: int = 0
     used_hashes: tuple[str, ...] = ()
     signed_hashes: tuple[str, ...] = ()
-    sad_token_hash: str | None = field(default=None, repr=False)
     authorized_until: datetime | None = None
 
 

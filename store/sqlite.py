@@ -100,7 +100,7 @@ _DUPLICATE_ERRORS = frozenset(
 
 _INSERT_REQUEST = f"""
 INSERT INTO requests ({REQUEST_COLUMNS})
-VALUES ({", ".join("?" * 24)})
+VALUES ({", ".join("?" * 23)})
 ON CONFLICT (client_id, idempotency_key) WHERE idempotency_key IS NOT NULL
 DO NOTHING
 RETURNING {REQUEST_COLUMNS}

@@ -298,7 +298,6 @@ async def test_database_of_schema_version_1_is_upgraded_in_place(
                 ("requests", "num_signatures"),
                 ("requests", "used_hashes"),
                 ("requests", "signed_hashes"),
-                ("requests", "sad_token_hash"),
                 ("requests", "authorized_until"),
             ]
         ),
