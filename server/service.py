@@ -53,6 +53,7 @@ from store import (
     Store,
     User,
 )
+from store.models import RP
 
 __all__ = ["Service", "utcnow"]
 
@@ -287,6 +288,32 @@ class Service:
             )
 
         credential = await self._resolve_credential(body)
+        return await self.open_request(
+            client,
+            credential,
+            hash_alg=hash_alg,
+            hashes=normalized,
+            display_text=body["display_text"],
+            ttl=ttl,
+            idempotency_key=body.get("idempotency_key"),
+        )
+
+    async def open_request(
+        self,
+        client: Client,
+        credential: Credential,
+        *,
+        hash_alg: HashAlg,
+        hashes: tuple[str, ...],
+        display_text: str,
+        ttl: int,
+        idempotency_key: str | None = None,
+        kind: str = RP,
+    ) -> tuple[SignatureRequest, bool]:
+        """Store a pending request for checked input and push it to the
+        signer's phones; a relying-party request (``kind`` RP) or a CSC
+        authorisation of one signature per hash (``kind`` CSC)."""
+        normalized = hashes
         # One user's requests are counted and inserted one at a time, so the
         # cap holds under concurrent calls (within this process; several
         # processes may overshoot it by one each).
@@ -322,7 +349,7 @@ class Service:
                 credential_id=credential.credential_id,
                 hash_algorithm=hash_alg.oid,
                 hashes=normalized,
-                display_text=body["display_text"],
+                display_text=display_text,
                 nonce=nonce,
                 verification_code=verification_code(
                     secret=self.code_secret,
@@ -334,7 +361,9 @@ class Service:
                 created_at=now,
                 updated_at=now,
                 expires_at=now + timedelta(seconds=ttl),
-                idempotency_key=body.get("idempotency_key"),
+                idempotency_key=idempotency_key,
+                kind=kind,
+                num_signatures=len(normalized),
             )
             stored = await self.store.create_request(new)
         if stored.request_id != request_id:
@@ -356,7 +385,11 @@ class Service:
             f"client:{client.client_id}",
             f"request:{request_id}",
             "success",
-            {"hashes": len(normalized), "credential": credential.credential_id},
+            {
+                "hashes": len(normalized),
+                "credential": credential.credential_id,
+                "kind": kind,
+            },
         )
         self.push_later(stored, active)
         return stored, True
