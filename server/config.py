@@ -53,6 +53,8 @@ class Settings:
     long_poll_max: int = 30
     push_timeout: float = 10.0
     oauth_token_ttl: int = 3600
+    pin_max_tries: int = 5
+    pin_lock_seconds: int = 900
 
     def hsm_config(self) -> HsmConfig:
         if not self.hsm_pin:
@@ -101,6 +103,7 @@ def load_settings(home: Path | None = None) -> Settings:
     requests = data.get("requests", {})
     store = data.get("store", {})
     oauth = data.get("oauth", {})
+    factors = data.get("factors", {})
     env = os.environ
 
     pin = env.get("SIGIL_HSM_PIN", "")
@@ -146,6 +149,15 @@ def load_settings(home: Path | None = None) -> Settings:
                 data.get("enrolment", {}).get("activation_code_ttl_seconds", 900)
             ),
             oauth_token_ttl=_token_ttl(oauth.get("token_ttl_seconds", 3600)),
+            pin_max_tries=_bounded(
+                factors.get("pin_max_tries", 5), "factors.pin_max_tries", 1, 100
+            ),
+            pin_lock_seconds=_bounded(
+                factors.get("pin_lock_seconds", 900),
+                "factors.pin_lock_seconds",
+                1,
+                30 * 86_400,
+            ),
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(
@@ -158,3 +170,10 @@ def _token_ttl(value: Any) -> int:
     if not 60 <= ttl <= 86_400:
         raise ValueError("oauth.token_ttl_seconds must be between 60 and 86400")
     return ttl
+
+
+def _bounded(value: Any, name: str, low: int, high: int) -> int:
+    number = int(value)
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be between {low} and {high}")
+    return number
