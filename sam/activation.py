@@ -1,10 +1,13 @@
 """The Signature Activation Module: verify the SAD, then sign (SAD-3 to SAD-5).
 
-One narrow entry point per decision keeps the SAM separable from the web
-front end: :meth:`SignatureActivationModule.verify_and_sign` is the only code
-path that reaches a signer's key in the HSM (EN 419241-2, SAM protection of
-the signing key), and it does so only for the hashes that a verified SAD
-covers, once per SAD.
+Narrow entry points keep the SAM separable from the web front end, and only
+two of them reach a signer's key in the HSM (EN 419241-2, SAM protection of
+the signing key): :meth:`SignatureActivationModule.verify_and_sign` signs a
+relying-party request's hashes once its SAD verifies, and
+:meth:`SignatureActivationModule.spend_authorisation` signs hashes of a CSC
+authorisation, which the same SAD check approved earlier. Either signs only
+hashes that a verified SAD covers, each once, and never more signatures than
+the SAD allows.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,16 +28,22 @@ from joserfc.jwk import ECKey
 
 from hsm import HashAlg as HsmHashAlg
 from hsm import Hsm, HsmError, KeyType, SignMechanism
+from sam.authorisation import mint_token, token_matches, token_request_id
 from sam.errors import (
     ActivationError,
     AudienceMismatch,
+    AuthorisationExpired,
+    AuthorisationSpent,
     CredentialMismatch,
     CredentialUnusable,
     DecisionMismatch,
     DeviceRevoked,
     DisplayTextMismatch,
     ForeignDevice,
+    HashAlreadySigned,
     HashMismatch,
+    HashNotAuthorised,
+    InvalidAuthorisation,
     IssuerMismatch,
     MalformedSad,
     NonceMismatch,
@@ -44,13 +54,16 @@ from sam.errors import (
     SadExpired,
     SadNotYetValid,
     SadReplayed,
+    SignAlgorithmMismatch,
     SignatureCountMismatch,
     SigningFailed,
+    TooManySignatures,
     UnknownDevice,
     WrongVerificationCode,
 )
 from sam.sad import SadClaims, read_header, verify_sad
 from store import (
+    CSC,
     AuditEvent,
     Credential,
     Device,
@@ -78,6 +91,9 @@ _THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
 # A SAD is short lived: it is made seconds before it is sent.
 MAX_CLOCK_SKEW = timedelta(seconds=60)
 MAX_SAD_LIFETIME = 300
+
+# How long an approved CSC authorisation may be spent by default.
+AUTHORISATION_LIFETIME = timedelta(minutes=5)
 
 
 def _utcnow() -> datetime:
@@ -115,11 +131,16 @@ class SignatureActivationModule:
         store: Store,
         hsm: Hsm,
         audience: str,
+        authorisation_secret: bytes | None = None,
+        authorisation_lifetime: timedelta = AUTHORISATION_LIFETIME,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._store = store
         self._hsm = hsm
         self._audience = audience
+        # Processes sharing a store must share the secret (server.app).
+        self._token_secret = authorisation_secret or secrets.token_bytes(32)
+        self._authorisation_lifetime = authorisation_lifetime
         self._clock = clock
         self._keys: dict[str, ECKey] = {}
         self._credentials: dict[str, Credential] = {}
@@ -155,6 +176,10 @@ class SignatureActivationModule:
         except ActivationError as e:
             await self._refused(request_id=request_id, sad=sad, error=e)
             raise
+        if approved.kind == CSC:
+            # A CSC authorisation is approved, not signed: the CSC client
+            # spends it with signHash (spend_authorisation).
+            return approved
         return await self._sign(approved, claims)
 
     async def verify_and_reject(self, *, request_id: str, sad: str) -> SignatureRequest:
@@ -320,13 +345,17 @@ class SignatureActivationModule:
     ) -> SignatureRequest:
         """Consume the SAD: one atomic pending -> approved move (SAD-4),
         recorded together with its acceptance."""
+        now = self._clock()
+        updates: dict[str, Any] = {"sad_digest": digest}
+        if request.kind == CSC:
+            updates["authorized_until"] = now + self._authorisation_lifetime
         approved = await self._store.transition(
             request.request_id,
             from_states=(RequestState.PENDING,),
             to_state=RequestState.APPROVED,
-            now=self._clock(),
+            now=now,
             not_expired=True,
-            updates={"sad_digest": digest},
+            updates=updates,
             audit=AuditEvent(
                 "sad.accepted",
                 actor=f"device:{device.device_id}",
@@ -408,6 +437,154 @@ class SignatureActivationModule:
             raise SigningFailed("the request left the approved state while signing")
         log.debug("request %s signed", request.request_id)
         return signed
+
+    # -- CSC authorisations ------------------------------------------------
+
+    def authorisation_token(self, request: SignatureRequest) -> str:
+        """The SAD a CSC client spends, for an approved authorisation."""
+        return mint_token(self._token_secret, request)
+
+    async def authorised_request(
+        self, token: str, *, credential_id: str
+    ) -> SignatureRequest:
+        """The live authorisation ``token`` names, for ``credential_id``."""
+        request_id = token_request_id(token)
+        request = (
+            None if request_id is None else await self._store.get_request(request_id)
+        )
+        if (
+            request is None
+            or request.kind != CSC
+            or request.credential_id != credential_id
+            or request.sad_digest is None
+        ):
+            raise InvalidAuthorisation("the SAD is not valid for this credential")
+        if request.state is RequestState.SIGNED:
+            raise AuthorisationSpent("every signature of this SAD has been made")
+        if not token_matches(self._token_secret, token, request):
+            # An older token of an extended authorisation lands here too.
+            raise InvalidAuthorisation("the SAD is not valid for this credential")
+        until = request.authorized_until
+        if (
+            request.state is not RequestState.APPROVED
+            or until is None
+            or until <= self._clock()
+        ):
+            raise AuthorisationExpired("the SAD has expired")
+        return request
+
+    async def extend_authorisation(
+        self, token: str, *, credential_id: str
+    ) -> SignatureRequest:
+        """Give a live authorisation a fresh lifetime; its old SAD stops
+        working and :meth:`authorisation_token` gives the new one."""
+        request = await self.authorised_request(token, credential_id=credential_id)
+        now = self._clock()
+        extended = await self._store.extend_authorization(
+            request.request_id, until=now + self._authorisation_lifetime, now=now
+        )
+        if extended is None:
+            raise AuthorisationExpired("the SAD has expired")
+        return extended
+
+    async def spend_authorisation(
+        self,
+        token: str,
+        *,
+        credential_id: str,
+        hashes: Sequence[str],
+        hash_alg: HsmHashAlg,
+        mechanism: SignMechanism,
+        pss_salt_length: int | None = None,
+    ) -> list[str]:
+        """Sign ``hashes`` (base64 digests) under a CSC authorisation.
+
+        Each hash must be one the phone approved, not signed before, and the
+        total never passes the number approved (SAD-5); the hashes are spent
+        in one atomic step before the HSM signs, so a crash can lose a
+        signature but never make one twice. Returns base64 signatures in
+        the order of ``hashes``.
+        """
+        request = await self.authorised_request(token, credential_id=credential_id)
+        if hash_alg.oid != request.hash_algorithm:
+            raise HashNotAuthorised("the SAD was approved for another hash algorithm")
+        wanted = list(hashes)
+        for value in wanted:
+            if value not in request.hashes:
+                raise HashNotAuthorised("a hash is not covered by the SAD")
+            if value in request.used_hashes:
+                raise HashAlreadySigned("a hash was already signed with this SAD")
+        if len(set(wanted)) != len(wanted):
+            raise HashAlreadySigned("a hash appears twice")
+        if len(request.used_hashes) + len(wanted) > request.num_signatures:
+            raise TooManySignatures("more signatures than the SAD authorises")
+
+        credential = await self.credential(request.credential_id)
+        if (
+            credential is None
+            or credential.user_id != request.user_id
+            or credential.status != "active"
+        ):
+            raise CredentialUnusable("the credential cannot be used")
+        if not mechanism.fits(KeyType(credential.key_algorithm)):
+            raise SignAlgorithmMismatch("the signature algorithm does not fit the key")
+
+        reserved = await self._store.reserve_hashes(
+            request.request_id, hashes=wanted, now=self._clock()
+        )
+        if reserved is None:
+            # Another call spent some of them, or time ran out, meanwhile.
+            raise HashAlreadySigned("the hashes were spent by another call")
+
+        signatures: list[str] = []
+        try:
+            for value in wanted:
+                signature = await self._hsm.sign_digest(
+                    credential.key_id,
+                    base64.b64decode(value, validate=True),
+                    mechanism=mechanism,
+                    hash_alg=hash_alg,
+                    pss_salt_length=pss_salt_length,
+                    label=signing_key_label(credential.user_id),
+                )
+                signatures.append(base64.b64encode(signature).decode("ascii"))
+        except (HsmError, ValueError) as e:
+            log.warning(
+                "signing failed for authorisation %s: %s",
+                request.request_id,
+                type(e).__name__,
+            )
+            await self._audit(
+                "key.use",
+                actor="sam",
+                subject=f"credential:{request.credential_id}",
+                outcome=f"failure:{type(e).__name__}",
+                details={"request": request.request_id},
+            )
+            raise SigningFailed("the HSM could not sign") from e
+
+        stored = await self._store.add_signatures(
+            request.request_id,
+            hashes=wanted,
+            signatures=signatures,
+            now=self._clock(),
+            audit=AuditEvent(
+                "key.use",
+                actor="sam",
+                subject=f"credential:{request.credential_id}",
+                outcome="success",
+                details={
+                    "request": request.request_id,
+                    "signatures": len(signatures),
+                    "mechanism": str(mechanism),
+                },
+            ),
+        )
+        if stored is None:
+            # The authorisation expired while the HSM signed: the signatures
+            # are dropped, as the store no longer takes them.
+            raise AuthorisationExpired("the SAD expired while signing")
+        return signatures
 
     # -- audit ---------------------------------------------------------------
 

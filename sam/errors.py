@@ -13,6 +13,8 @@ from typing import ClassVar, Literal
 __all__ = [
     "ActivationError",
     "AudienceMismatch",
+    "AuthorisationExpired",
+    "AuthorisationSpent",
     "BadSadSignature",
     "CredentialMismatch",
     "CredentialUnusable",
@@ -20,7 +22,10 @@ __all__ = [
     "DeviceRevoked",
     "DisplayTextMismatch",
     "ForeignDevice",
+    "HashAlreadySigned",
     "HashMismatch",
+    "HashNotAuthorised",
+    "InvalidAuthorisation",
     "IssuerMismatch",
     "MalformedSad",
     "NonceMismatch",
@@ -31,8 +36,10 @@ __all__ = [
     "SadExpired",
     "SadNotYetValid",
     "SadReplayed",
+    "SignAlgorithmMismatch",
     "SignatureCountMismatch",
     "SigningFailed",
+    "TooManySignatures",
     "UnknownDevice",
     "WrongVerificationCode",
 ]
@@ -158,3 +165,42 @@ class CredentialUnusable(ActivationError):
 class SigningFailed(ActivationError):
     code = "signing_failed"
     kind = "failed"
+
+
+# -- spending a CSC authorisation (signatures/signHash) -----------------------
+
+
+class InvalidAuthorisation(ActivationError):
+    """The CSC SAD is not one this server issued for this credential."""
+
+    code = "invalid_authorisation"
+
+
+class AuthorisationExpired(ActivationError):
+    code = "authorisation_expired"
+
+
+class AuthorisationSpent(ActivationError):
+    """Every signature the authorisation allows has been made."""
+
+    code = "authorisation_spent"
+
+
+class HashNotAuthorised(ActivationError):
+    """The approval on the phone did not cover this hash (SAD-5)."""
+
+    code = "hash_not_authorised"
+
+
+class HashAlreadySigned(ActivationError):
+    code = "hash_already_signed"
+
+
+class TooManySignatures(ActivationError):
+    code = "too_many_signatures"
+
+
+class SignAlgorithmMismatch(ActivationError):
+    """The signature algorithm does not fit the key or the approved hash."""
+
+    code = "sign_algorithm_mismatch"

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 from aiohttp import web
@@ -23,6 +22,7 @@ from server.config import ConfigError, Settings
 from server.errors import error_middleware
 from server.push import PushSender, load_or_create_vapid, vapid_public_key
 from server.service import Service
+from server.shared_secret import load_shared_secret
 from server.state import CLIENT_AUTH, DEVICE_AUTH, SERVICE
 from store import Store, StoreUnavailable
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 SWEEP_INTERVAL = 1.0
 _VERIFICATION_SETTING = "verification.secret"
+_AUTHORISATION_SETTING = "csc.sad_secret"
 # A signed audit checkpoint every this many sweeps (and one at stop).
 CHECKPOINT_EVERY = 60
 
@@ -82,7 +83,13 @@ async def build_service(
         else None
     )
     sam = SignatureActivationModule(
-        store=parts.store, hsm=parts.hsm, audience=settings.audience
+        store=parts.store,
+        hsm=parts.hsm,
+        audience=settings.audience,
+        authorisation_secret=await load_shared_secret(
+            parts.store, _AUTHORISATION_SETTING
+        ),
+        authorisation_lifetime=timedelta(seconds=settings.csc_sad_lifetime),
     )
     audit_key = await audit_key_id(parts.store)
     if audit_key is None:
@@ -166,19 +173,10 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
 
 
 async def _code_secret(store: Store) -> bytes:
-    """The secret under which verification codes are derived, made once.
-
-    Two processes starting together may both make one; the later write wins
-    and both read it back. Codes already issued are stored with their
-    request, so a change of secret never invalidates them.
-    """
-    value = await store.get_setting(_VERIFICATION_SETTING)
-    if value is None:
-        await store.put_setting(_VERIFICATION_SETTING, secrets.token_hex(32))
-        value = await store.get_setting(_VERIFICATION_SETTING)
-    if value is None:
-        raise ConfigError("the verification code secret could not be stored")
-    return bytes.fromhex(value)
+    """The secret under which verification codes are derived. Codes already
+    issued are stored with their request, so a new secret never invalidates
+    them."""
+    return await load_shared_secret(store, _VERIFICATION_SETTING)
 
 
 async def _sweep_forever(service: Service) -> None:

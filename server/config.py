@@ -51,6 +51,8 @@ class Settings:
     max_hashes: int = 32
     activation_code_ttl: int = 900
     long_poll_max: int = 30
+    csc_sad_lifetime: int = 300
+    csc_multisign: int = 32
     push_timeout: float = 10.0
     oauth_token_ttl: int = 3600
     pin_max_tries: int = 5
@@ -145,6 +147,8 @@ def load_settings(home: Path | None = None) -> Settings:
             max_ttl=int(requests.get("max_ttl_seconds", 600)),
             finished_retention=int(requests.get("finished_retention_seconds", 3600)),
             max_hashes=int(requests.get("max_hashes", 32)),
+            csc_sad_lifetime=int(data.get("csc", {}).get("sad_lifetime_seconds", 300)),
+            csc_multisign=int(data.get("csc", {}).get("multisign", 32)),
             activation_code_ttl=int(
                 data.get("enrolment", {}).get("activation_code_ttl_seconds", 900)
             ),

@@ -23,7 +23,6 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -34,6 +33,7 @@ from joserfc.jwk import OctKey
 
 from server.auth import api_key_hash, invalid_token
 from server.errors import ApiError
+from server.shared_secret import load_shared_secret
 from store import Client, Store
 
 __all__ = [
@@ -57,8 +57,6 @@ TOKEN_PATH = "/oauth2/token"  # noqa: S105 - a path, not a secret
 MAX_TOKEN_CHARS = 8 * 1024
 
 _SECRET_SETTING = "oauth.token_secret"  # noqa: S105 - a setting's name
-_CLAIM_SCOPE = "oauth-token-secret"
-_CLAIM_WAIT = 5.0
 _MAX_FORM_BYTES = 4 * 1024
 _MAX_FIELDS = 16
 _MAX_FIELD_CHARS = 512
@@ -158,44 +156,8 @@ def _int_claim(claims: dict[str, Any], name: str) -> int | None:
 
 
 async def load_token_secret(store: Store) -> bytes:
-    """The secret tokens are signed with, made once per installation.
-
-    Two processes starting together must not each keep a secret of their
-    own, or tokens from one would fail at the other: the first to claim the
-    making (a single-use store entry) writes it, the others wait for it and
-    read it. Should the claimer die before writing, the others write one
-    after ``_CLAIM_WAIT`` and, like server/app.py ``_code_secret``, read back
-    whatever won.
-    """
-    deadline = time.monotonic() + _CLAIM_WAIT
-    while True:
-        value = await store.get_setting(_SECRET_SETTING)
-        if value is not None:
-            return _secret_bytes(value)
-        claimed = await store.use_once(
-            _CLAIM_SCOPE,
-            "make",
-            expires_at=datetime.now(UTC) + timedelta(seconds=_CLAIM_WAIT),
-        )
-        if claimed or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(0.05)
-    await store.put_setting(_SECRET_SETTING, secrets.token_bytes(32).hex())
-    value = await store.get_setting(_SECRET_SETTING)
-    if value is None:
-        raise RuntimeError("the OAuth token secret could not be stored")
-    return _secret_bytes(value)
-
-
-def _secret_bytes(value: str) -> bytes:
-    try:
-        key = bytes.fromhex(value)
-    except ValueError:
-        key = b""
-    if len(key) < 32:
-        # The message names the setting, never its value (SAD-6).
-        raise RuntimeError(f"the store setting {_SECRET_SETTING} is not 32 hex bytes")
-    return key
+    """The secret tokens are signed with, shared by every process."""
+    return await load_shared_secret(store, _SECRET_SETTING)
 
 
 class AccessTokens:
