@@ -47,18 +47,19 @@ async def enrol(request: web.Request) -> web.Response:
     raw = await request.read()
     proof = await request.app[DEVICE_AUTH].verify(request, raw, enrolment=True)
     body = parse_json(raw, "enrol")
-    device, credential = await service.enrol(
+    enrolled = await service.enrol(
         device_id=proof.device_id, public_jwk=proof.public_jwk, body=body
     )
-    return web.json_response(
-        {
-            "device_id": device.device_id,
-            "user_id": device.user_id,
-            "credential_id": credential.credential_id,
-            "certificate": b64(credential.certificate_der),
-        },
-        status=201,
-    )
+    answer = {
+        "device_id": enrolled.device.device_id,
+        "user_id": enrolled.device.user_id,
+        "credential_id": enrolled.credential.credential_id,
+        "certificate": b64(enrolled.credential.certificate_der),
+    }
+    if enrolled.totp_uri is not None:
+        # The TOTP secret, once and only here (AUTH-3); never logged.
+        answer["totp_uri"] = enrolled.totp_uri
+    return web.json_response(answer, status=201, headers={"Cache-Control": "no-store"})
 
 
 @routes.get("/device/v1/requests")
@@ -93,6 +94,7 @@ async def details(request: web.Request) -> web.Response:
             choices=service.choices(found),
             audience=service.sam.audience,
             relying_party=await service.client_name(found.client_id),
+            second_factor=await service.second_factor_for(found),
         )
     )
 
@@ -102,9 +104,13 @@ async def approve(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     raw = await request.read()
     device = await _device(request, raw)
-    body = parse_json(raw, "sad")
+    body = parse_json(raw, "approve")
     signed = await service.approve(
-        request.match_info["request_id"], body["sad"], device
+        request.match_info["request_id"],
+        body["sad"],
+        device,
+        pin=body.get("pin"),
+        otp=body.get("otp"),
     )
     return web.json_response(
         {"request_id": signed.request_id, "state": str(signed.state)}

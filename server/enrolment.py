@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from hsm import KeyType
+from sam.factors import POLICIES
 from server.errors import ApiError
 from store import ActivationCode, Client, DuplicateError, Store, User
 
@@ -55,13 +56,22 @@ async def add_user(
     key_algorithm: str,
     user_id: str | None,
     created_by: str,
+    second_factor: str = "none",
 ) -> User:
-    """Create a user; the relying app that did it may enrol their first device."""
+    """Create a user; the relying app that did it may enrol their first device.
+
+    ``second_factor`` is the signer's policy (AUTH-3): ``"none"``, ``"pin"``
+    or ``"totp"``; the factor itself is set up at enrolment.
+    """
     # The name becomes the certificate's common name: at most 64 characters
     # (RFC 5280, ub-common-name), and SoftHSM2 and most CAs count bytes.
     if not display_name.strip() or len(display_name.encode("utf-8")) > 64:
         raise ApiError(
             400, "invalid_request", "display_name must be 1 to 64 bytes in UTF-8"
+        )
+    if second_factor not in POLICIES:
+        raise ApiError(
+            400, "invalid_request", "second_factor must be none, pin or totp"
         )
     user = User(
         user_id=user_id or str(uuid.uuid4()),
@@ -69,6 +79,7 @@ async def add_user(
         key_algorithm=str(KeyType(key_algorithm)),
         created_at=_utcnow(),
         created_by=created_by,
+        second_factor=second_factor,
     )
     try:
         await store.add_user(user)
@@ -80,6 +91,7 @@ async def add_user(
         actor=created_by,
         subject=f"user:{user.user_id}",
         outcome="success",
+        details={"second_factor": second_factor},
     )
     return user
 

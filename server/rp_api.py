@@ -28,6 +28,7 @@ async def create_user(request: web.Request) -> web.Response:
         key_algorithm=body.get("key_algorithm", "EC-P256"),
         user_id=body.get("user_id"),
         client=client,
+        second_factor=body.get("second_factor", "none"),
     )
     log.debug("client %s created user %s", client.client_id, user.user_id)
     return web.json_response(user_view(user), status=201)

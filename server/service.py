@@ -30,6 +30,7 @@ from sam import (
     verification_code,
 )
 from sam.checkpoint import write_checkpoint
+from sam.factors import FactorRefused, SecondFactors
 from server.ca import DevelopmentCA
 from server.config import Settings
 from server.enrolment import (
@@ -55,7 +56,7 @@ from store import (
 )
 from store.models import RP
 
-__all__ = ["Service", "utcnow"]
+__all__ = ["EnrolledDevice", "Service", "utcnow"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,15 @@ STALE_APPROVAL = timedelta(seconds=60)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolledDevice:
+    """What an enrolment made; ``totp_uri`` is handed to the device once."""
+
+    device: Device
+    credential: Credential
+    totp_uri: str | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -87,6 +97,16 @@ class Service:
     _user_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
+    #: Signers' PINs and TOTPs (AUTH-3); the CSC API checks them too.
+    factors: SecondFactors = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.factors = SecondFactors(
+            self.store,
+            max_pin_tries=self.settings.pin_max_tries,
+            pin_lock=timedelta(seconds=self.settings.pin_lock_seconds),
+            clock=utcnow,
+        )
 
     # -- users and enrolment ---------------------------------------------
 
@@ -97,6 +117,7 @@ class Service:
         key_algorithm: str = "EC-P256",
         user_id: str | None,
         client: Client,
+        second_factor: str = "none",
     ) -> User:
         return await add_user(
             self.store,
@@ -104,6 +125,7 @@ class Service:
             key_algorithm=key_algorithm,
             user_id=user_id,
             created_by=f"client:{client.client_id}",
+            second_factor=second_factor,
         )
 
     async def issue_activation_code(
@@ -130,11 +152,13 @@ class Service:
         device_id: str,
         public_jwk: dict[str, Any],
         body: dict[str, Any],
-    ) -> tuple[Device, Credential]:
+    ) -> EnrolledDevice:
         """Register a device whose key signed the enrolment (proof of possession).
 
         Everything that can be checked is checked before the activation code
-        is used; if a later step fails, the code is given back.
+        is used; if a later step fails, the code is given back. The signer's
+        second factor (AUTH-3) is set up last: a PIN from the body, or a new
+        TOTP secret whose URI the answer carries.
         """
         subscription = body["push_subscription"]
         refusal = check_push_endpoint(
@@ -177,10 +201,22 @@ class Service:
         body: dict[str, Any],
         code: ActivationCode,
         now: datetime,
-    ) -> tuple[Device, Credential]:
+    ) -> EnrolledDevice:
         user = await self.store.get_user(code.user_id)
         if user is None:
             raise ApiError(404, "unknown_user", "the user of this code is gone")
+        pin = body.get("pin")
+        try:
+            # Before anything is made: a refused enrolment leaves nothing.
+            SecondFactors.check_enrolment(user, pin=pin)
+        except FactorRefused as e:
+            await self._audit(
+                "device.enrolled",
+                f"device:{device_id}",
+                f"user:{user.user_id}",
+                f"refused:pin_{e.reason}",
+            )
+            raise ApiError(400, "invalid_request", _enrolment_refusal(e)) from None
         credential = await self._credential_for(user)
         device = Device(
             device_id=device_id,
@@ -212,10 +248,15 @@ class Service:
                 "user_already_enrolled",
                 "the user has a device; another device needs the operator",
             )
+        totp_uri = await self.factors.enrol(user, pin=pin, now=now)
         await self._audit(
-            "device.enrolled", f"device:{device_id}", f"user:{user.user_id}", "success"
+            "device.enrolled",
+            f"device:{device_id}",
+            f"user:{user.user_id}",
+            "success",
+            {"second_factor": user.second_factor},
         )
-        return device, credential
+        return EnrolledDevice(device, credential, totp_uri)
 
     async def _credential_for(self, user: User) -> Credential:
         """The user's signing credential, made in the HSM on first enrolment."""
@@ -509,13 +550,55 @@ class Service:
         return moved
 
     async def approve(
-        self, request_id: str, sad: str, device: Device
+        self,
+        request_id: str,
+        sad: str,
+        device: Device,
+        *,
+        pin: str | None = None,
+        otp: str | None = None,
     ) -> SignatureRequest:
-        await self.visible_request(request_id, user_id=device.user_id)
+        request = await self.visible_request(request_id, user_id=device.user_id)
+        await self._check_second_factor(request, pin=pin, otp=otp)
         try:
             return await self.sam.verify_and_sign(request_id=request_id, sad=sad)
         finally:
             self.watch.changed(request_id)
+
+    async def second_factor_for(self, request: SignatureRequest) -> str:
+        """What the phone must send with its approval of ``request``:
+        ``"none"``, ``"pin"`` or ``"totp"``. CSC authorisations check the
+        signer's factor at ``credentials/authorize`` instead."""
+        user = await self._policy_user(request)
+        return "none" if user is None else user.second_factor
+
+    async def _policy_user(self, request: SignatureRequest) -> User | None:
+        if request.kind != RP:
+            return None
+        user = await self.store.get_user(request.user_id)
+        if user is None or user.second_factor == "none":
+            return None
+        return user
+
+    async def _check_second_factor(
+        self, request: SignatureRequest, *, pin: str | None, otp: str | None
+    ) -> None:
+        """Check the PIN or one-time code a relying-party approval carries
+        (AUTH-3) before the SAM sees the SAD; a refusal leaves the request
+        pending, so that the signer can try again until locked or expired."""
+        user = await self._policy_user(request)
+        needed = "none" if user is None else user.second_factor
+        unexpected = (pin is not None and needed != "pin") or (
+            otp is not None and needed != "totp"
+        )
+        if unexpected:
+            raise ApiError(400, "invalid_request", _UNEXPECTED_FACTOR[needed])
+        if user is None or request.state is not RequestState.PENDING:
+            return  # the SAM refuses what is not pending, with its own answer
+        try:
+            await self.factors.check(user, pin=pin, otp=otp, now=self.factors.clock())
+        except FactorRefused as e:
+            raise ApiError(403, e.error, e.description) from None
 
     async def reject(
         self, request_id: str, sad: str, device: Device
@@ -599,6 +682,21 @@ class Service:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+_UNEXPECTED_FACTOR = {
+    "none": "this approval takes no PIN or one-time code",
+    "pin": "this signer's policy asks for a PIN, not a one-time code",
+    "totp": "this signer's policy asks for a one-time code, not a PIN",
+}
+
+
+def _enrolment_refusal(refused: FactorRefused) -> str:
+    if refused.reason == "missing":
+        return "this signer's policy asks for a PIN at enrolment"
+    if refused.reason == "unexpected":
+        return "this signer's policy asks for no PIN at enrolment"
+    return "the PIN must be 4 to 12 digits"
 
 
 def _until(when: datetime) -> float:

@@ -22,6 +22,7 @@ __all__ = [
     "OPERATOR_SCHEMAS",
     "SCHEMAS",
     "check_body",
+    "decode_json",
     "parse_json",
     "read_json",
     "validate",
@@ -31,6 +32,20 @@ _PLAIN = re.compile(r"[A-Za-z0-9_]{1,40}")
 _B64 = r"^[A-Za-z0-9+/]*={0,2}$"
 _B64URL = r"^[A-Za-z0-9_-]+$"
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$"
+# A signer's PIN (4 to 12 digits) and a TOTP code (6 to 8 digits), AUTH-3.
+_PIN: dict[str, Any] = {
+    "type": "string",
+    "minLength": 4,
+    "maxLength": 12,
+    "pattern": "^[0-9]{4,12}$",
+}
+_OTP: dict[str, Any] = {
+    "type": "string",
+    "minLength": 6,
+    "maxLength": 8,
+    "pattern": "^[0-9]{6,8}$",
+}
+_SAD: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 16384}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "create_user": {
@@ -49,6 +64,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "string",
                 "enum": ["EC-P256", "EC-P384", "RSA-2048", "RSA-3072"],
             },
+            "second_factor": {"type": "string", "enum": ["none", "pin", "totp"]},
         },
     },
     "create_request": {
@@ -83,6 +99,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "activation_code": {"type": "string", "minLength": 1, "maxLength": 64},
             "challenge": {"type": "string", "minLength": 1, "maxLength": 128},
             "name": {"type": "string", "maxLength": 100},
+            "pin": _PIN,
             "push_subscription": {
                 "type": "object",
                 "additionalProperties": False,
@@ -119,7 +136,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "additionalProperties": False,
         "required": ["sad"],
-        "properties": {"sad": {"type": "string", "minLength": 1, "maxLength": 16384}},
+        "properties": {"sad": _SAD},
+    },
+    "approve": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["sad"],
+        "properties": {"sad": _SAD, "pin": _PIN, "otp": _OTP},
     },
 }
 
@@ -202,15 +225,22 @@ async def read_json(request: web.Request, schema: str) -> tuple[bytes, dict[str,
 def parse_json(raw: bytes, schema: str) -> dict[str, Any]:
     if not raw:
         raise ApiError(400, "invalid_request", "the request body is empty")
+    return validate(schema, decode_json(raw))
+
+
+def decode_json(raw: bytes) -> Any:
+    """Parse JSON strictly: no NaN, no repeated members, no deep nesting,
+    and no text a signer could be misled by (see ``_check_text``)."""
     try:
         body = json.loads(
             raw, parse_constant=_no_constant, object_pairs_hook=_no_duplicates
         )
+        _check_text(body, "body")
     except RecursionError as e:
         raise ApiError(400, "invalid_request", "the body is nested too deeply") from e
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, "invalid_request", "the body is not valid JSON") from e
-    return check_body(schema, body)
+    return body
 
 
 def check_body(schema: str, body: Any) -> dict[str, Any]:

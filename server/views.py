@@ -26,6 +26,7 @@ def user_view(user: User) -> dict[str, Any]:
         "user_id": user.user_id,
         "display_name": user.display_name,
         "key_algorithm": user.key_algorithm,
+        "second_factor": user.second_factor,
         "created_at": iso(user.created_at),
     }
 
@@ -67,7 +68,11 @@ def request_for_device(
     choices: tuple[str, ...],
     audience: str,
     relying_party: str,
+    second_factor: str = "none",
 ) -> dict[str, Any]:
+    """The request as the signer's phone sees it; ``second_factor`` names
+    what the approval must carry besides the SAD: ``"none"``, ``"pin"`` or
+    ``"totp"`` (a one-time code)."""
     return {
         "request_id": request.request_id,
         "state": str(request.state),
@@ -79,6 +84,7 @@ def request_for_device(
         "verification_codes": list(choices),
         "audience": audience,
         "relying_party": relying_party,
+        "second_factor": second_factor,
         "created_at": iso(request.created_at),
         "expires_at": iso(request.expires_at),
     }
