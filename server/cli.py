@@ -297,7 +297,11 @@ async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
     from server.enrolment import add_user
     from server.validation import check_body
 
-    body = {"display_name": args.display_name, "key_algorithm": args.key_algorithm}
+    body = {
+        "display_name": args.display_name,
+        "key_algorithm": args.key_algorithm,
+        "second_factor": args.second_factor,
+    }
     if args.user_id:
         body["user_id"] = args.user_id
     check_body("create_user", body)  # the API's rules hold here too
@@ -308,6 +312,7 @@ async def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
             key_algorithm=args.key_algorithm,
             user_id=args.user_id,
             created_by="operator",
+            second_factor=args.second_factor,
         )
     print(user.user_id)
     return 0
@@ -334,12 +339,25 @@ async def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
                 "user_id": u.user_id,
                 "display_name": u.display_name,
                 "key": u.key_algorithm,
+                "second_factor": u.second_factor,
                 "created": u.created_at.isoformat(timespec="seconds"),
             }
             for u in users
         ],
-        ["user_id", "display_name", "key", "created"],
+        ["user_id", "display_name", "key", "second_factor", "created"],
     )
+    return 0
+
+
+async def cmd_user_unlock(args: argparse.Namespace, settings: Settings) -> int:
+    from sam.factors import SecondFactors
+
+    async with _opened_store(settings) as store:
+        if await store.get_user(args.user_id) is None:
+            print(f"error: no user {args.user_id}", file=sys.stderr)
+            return 2
+        cleared = await SecondFactors(store).unlock(args.user_id, actor="operator")
+    print(f"user {args.user_id} unlocked: {cleared} failed tries cleared")
     return 0
 
 
@@ -694,12 +712,24 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["EC-P256", "EC-P384", "RSA-2048", "RSA-3072"],
         help="signing key made at enrolment (default EC-P256)",
     )
+    p.add_argument(
+        "--second-factor",
+        default="none",
+        choices=["none", "pin", "totp"],
+        help="what approvals need besides the phone: a PIN set at enrolment, "
+        "a TOTP provisioned at enrolment, or nothing (default none)",
+    )
     p.set_defaults(func=cmd_user_create)
     p = user.add_parser("code", help="issue a one-time activation code for enrolment")
     p.add_argument("user_id", help="the user to enrol")
     p.set_defaults(func=cmd_user_code)
     p = user.add_parser("list", help="list users")
     p.set_defaults(func=cmd_user_list)
+    p = user.add_parser(
+        "unlock", help="clear a user's failed PIN or one-time code tries"
+    )
+    p.add_argument("user_id")
+    p.set_defaults(func=cmd_user_unlock)
 
     device = sub.add_parser("device", help="enrolled phones").add_subparsers(
         dest="action", required=True, metavar="ACTION"
