@@ -63,6 +63,7 @@ class RelyingPartyClient:
         *,
         user_id: str | None = None,
         key_algorithm: str = "EC-P256",
+        second_factor: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "display_name": display_name,
@@ -70,6 +71,8 @@ class RelyingPartyClient:
         }
         if user_id is not None:
             body["user_id"] = user_id
+        if second_factor is not None:
+            body["second_factor"] = second_factor
         result: dict[str, Any] = await self._ok("POST", "/api/v1/users", body)
         return result
 
