@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from .errors import StateFileError
 __all__ = ["STATE_FORMAT", "PhoneState"]
 
 STATE_FORMAT: Final = "sigil-phone-state/1"
+_BASE32: Final = re.compile(r"[A-Z2-7]{16,128}")
 
 
 def _text(data: dict[str, Any], name: str) -> str:
@@ -41,26 +43,28 @@ class PhoneState:
     device_key_pem: bytes = field(repr=False)
     push_key_pem: bytes = field(repr=False)
     push_auth_secret: bytes = field(repr=False)
+    #: The base32 TOTP secret the server provisioned at enrolment, if any.
+    totp_secret: str | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": STATE_FORMAT,
-                "name": self.name,
-                "device_id": self.device_id,
-                "user_id": self.user_id,
-                "credential_id": self.credential_id,
-                "certificate": b64encode(self.certificate_der),
-                "audience": self.audience,
-                "vapid_public_key": self.vapid_public_key,
-                "push_port": self.push_port,
-                "push_token": self.push_token,
-                "device_key": self.device_key_pem.decode("ascii"),
-                "push_key": self.push_key_pem.decode("ascii"),
-                "push_auth_secret": b64url_encode(self.push_auth_secret),
-            },
-            indent=2,
-        )
+        data: dict[str, Any] = {
+            "format": STATE_FORMAT,
+            "name": self.name,
+            "device_id": self.device_id,
+            "user_id": self.user_id,
+            "credential_id": self.credential_id,
+            "certificate": b64encode(self.certificate_der),
+            "audience": self.audience,
+            "vapid_public_key": self.vapid_public_key,
+            "push_port": self.push_port,
+            "push_token": self.push_token,
+            "device_key": self.device_key_pem.decode("ascii"),
+            "push_key": self.push_key_pem.decode("ascii"),
+            "push_auth_secret": b64url_encode(self.push_auth_secret),
+        }
+        if self.totp_secret is not None:
+            data["totp_secret"] = self.totp_secret
+        return json.dumps(data, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> PhoneState:
@@ -79,6 +83,11 @@ class PhoneState:
             auth_secret = b64url_decode(_text(data, "push_auth_secret"))
         except ValueError as e:
             raise StateFileError("state file: a binary field is malformed") from e
+        totp_secret = data.get("totp_secret")
+        if totp_secret is not None and not (
+            isinstance(totp_secret, str) and _BASE32.fullmatch(totp_secret)
+        ):
+            raise StateFileError("state file: totp_secret is not base32 text")
         return cls(
             name=_text(data, "name"),
             device_id=_text(data, "device_id"),
@@ -92,6 +101,7 @@ class PhoneState:
             device_key_pem=_text(data, "device_key").encode("ascii"),
             push_key_pem=_text(data, "push_key").encode("ascii"),
             push_auth_secret=auth_secret,
+            totp_secret=totp_secret,
         )
 
     def write(self, path: str | os.PathLike[str]) -> None:

@@ -3,7 +3,9 @@
 ``enrol`` registers a new phone and saves it to a state file, ``run`` loads
 it and answers pushed requests by a policy, ``enrol-and-run`` does both in
 one process. The activation code is a secret: it comes from the environment
-variable SIGIL_ACTIVATION_CODE or from standard input, never from argv.
+variable SIGIL_ACTIVATION_CODE or from standard input, never from argv. So
+does the signer's PIN: ``--pin`` takes it from SIGIL_PHONE_PIN or asks for it
+on the terminal without echo.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 ACTIVATION_CODE_ENV: Final = "SIGIL_ACTIVATION_CODE"
+PIN_ENV: Final = "SIGIL_PHONE_PIN"
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
@@ -87,6 +90,19 @@ def read_activation_code(stdin: TextIO) -> str:
             f"no activation code: set {ACTIVATION_CODE_ENV} or give it on stdin"
         )
     return code
+
+
+def read_pin(stdin: TextIO) -> str:
+    """From SIGIL_PHONE_PIN, else a prompt without echo on a terminal."""
+    pin = os.environ.get(PIN_ENV, "")
+    if not pin and stdin.isatty():
+        pin = getpass.getpass("PIN: ")
+    pin = pin.strip()
+    if not pin:
+        raise UsageError(f"--pin: set {PIN_ENV} or run on a terminal to type it")
+    if not (pin.isascii() and pin.isdigit() and 4 <= len(pin) <= 12):
+        raise UsageError("--pin: the PIN must be 4 to 12 digits")
+    return pin
 
 
 class CodeFile:
@@ -179,6 +195,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="the phone's state file (private keys; written with mode 0600)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help=f"the signer's policy asks for a PIN: read it from ${PIN_ENV} or, "
+        "if unset, ask on the terminal (never echoed); sent at enrolment and "
+        "with approvals that ask for it",
     )
     parser.add_argument(
         "--log-level",
@@ -336,6 +359,8 @@ async def _enrol(
         f"credential {enrolment.credential_id}; state saved to {args.state}",
         flush=True,
     )
+    if phone.has_totp:
+        print("the server provisioned a TOTP secret; it is kept in the state file")
 
 
 async def _poll(phone: SimulatedPhone, interval: float) -> None:
@@ -379,16 +404,19 @@ async def _serve(phone: SimulatedPhone, args: argparse.Namespace) -> int:
             await poller
 
 
-async def _main_async(args: argparse.Namespace, activation_code: str | None) -> int:
+async def _main_async(
+    args: argparse.Namespace, activation_code: str | None, pin: str | None = None
+) -> int:
     task = asyncio.current_task()
     if task is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
+    options = _phone_options(args)
     if args.command == "run":
-        phone = SimulatedPhone.load(args.state, args.server, **_phone_options(args))
+        phone = SimulatedPhone.load(args.state, args.server, pin=pin, **options)
     else:
         phone = SimulatedPhone(
-            args.server, name=args.name, push_port=args.port, **_phone_options(args)
+            args.server, name=args.name, push_port=args.port, pin=pin, **options
         )
     async with contextlib.AsyncExitStack() as stack:
         try:
@@ -420,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{args.state} exists; pass --force to replace that phone"
                 )
             activation_code = read_activation_code(sys.stdin)
-        return asyncio.run(_main_async(args, activation_code))
+        pin = read_pin(sys.stdin) if args.pin else None
+        return asyncio.run(_main_async(args, activation_code, pin))
     except UsageError as e:
         print(f"sigil-phone: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -204,10 +204,22 @@ class DeviceClient:
             raise ServerResponseError("fetching the request", status, body)
         return body
 
-    async def approve(self, request_id: str, sad: str) -> tuple[int, Any]:
-        return await self.call(
-            "POST", request_path(request_id, "approve"), {"sad": sad}
-        )
+    async def approve(
+        self,
+        request_id: str,
+        sad: str,
+        *,
+        pin: str | None = None,
+        otp: str | None = None,
+    ) -> tuple[int, Any]:
+        """Approve with a SAD and, where the signer's policy asks, the PIN
+        or a one-time code (AUTH-3)."""
+        body = {"sad": sad}
+        if pin is not None:
+            body["pin"] = pin
+        if otp is not None:
+            body["otp"] = otp
+        return await self.call("POST", request_path(request_id, "approve"), body)
 
     async def reject(self, request_id: str, sad: str) -> tuple[int, Any]:
         return await self.call("POST", request_path(request_id, "reject"), {"sad": sad})

@@ -34,6 +34,9 @@ class Enrolment:
     user_id: str
     credential_id: str
     certificate_der: bytes = field(repr=False)
+    #: The otpauth:// URI of the signer's TOTP, when their policy asks for
+    #: one (AUTH-3); a secret, never shown in a repr or a log.
+    totp_uri: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,6 @@ class ShownRequest:
     credential_id: str
     decision: Decision | None
     outcome: tuple[int, Any] | None
+    #: What the approval had to carry besides the SAD: "none", "pin" or
+    #: "totp".
+    second_factor: str = "none"

@@ -14,10 +14,12 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 import aiohttp
+import pyotp
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -44,6 +46,23 @@ _T = TypeVar("_T")
 
 _NEEDS_EXPECTED_CODE: Final = frozenset({Policy.APPROVE, Policy.WRONG_CODE})
 
+#: What an approval may have to carry besides the SAD (AUTH-3).
+_SECOND_FACTORS: Final = frozenset({"none", "pin", "totp"})
+
+
+def _totp_from_uri(uri: Any) -> pyotp.TOTP:
+    """The TOTP of an ``otpauth://totp/`` URI; raises ValueError otherwise."""
+    if not isinstance(uri, str) or not uri.startswith("otpauth://totp/"):
+        raise ValueError("not an otpauth TOTP URI")
+    try:
+        parsed = pyotp.parse_uri(uri)
+        parsed.byte_secret()
+    except (ValueError, TypeError):
+        raise ValueError("the otpauth URI does not parse") from None
+    if not isinstance(parsed, pyotp.TOTP):
+        raise ValueError("not an otpauth TOTP URI")
+    return parsed
+
 
 @dataclass(frozen=True)
 class _Details:
@@ -58,6 +77,7 @@ class _Details:
     codes: tuple[str, ...]
     relying_party: str
     state: str
+    second_factor: str
 
     @classmethod
     def parse(cls, request_id: str, body: Any) -> _Details:
@@ -83,6 +103,10 @@ class _Details:
         codes = texts("verification_codes")
         if len(codes) != 3:
             raise MalformedResponseError("request details lack three codes")
+        # Servers without second factors leave the field out.
+        factor = body.get("second_factor", "none")
+        if factor not in _SECOND_FACTORS:
+            raise MalformedResponseError("request details name an unknown factor")
         return cls(
             request_id=request_id,
             credential_id=text("credential_id"),
@@ -93,6 +117,7 @@ class _Details:
             codes=codes,
             relying_party=text("relying_party"),
             state=text("state"),
+            second_factor=factor,
         )
 
 
@@ -102,7 +127,9 @@ class SimulatedPhone(DeviceClient):
     Use it as ``async with``: that opens the HTTP session (unless one is
     given) and starts the push endpoint on 127.0.0.1. ``expected_code`` plays
     the user reading the code off the relying app; APPROVE and WRONG_CODE
-    need it.
+    need it. ``pin`` is the signer's PIN, sent at enrolment and with every
+    approval whose request asks for it; a TOTP secret provisioned at
+    enrolment makes a fresh code for approvals that ask for one.
     """
 
     def __init__(
@@ -115,6 +142,7 @@ class SimulatedPhone(DeviceClient):
         session: aiohttp.ClientSession | None = None,
         push_port: int = 0,
         on_shown: Callable[[ShownRequest], None] | None = None,
+        pin: str | None = None,
     ) -> None:
         if policy in _NEEDS_EXPECTED_CODE and expected_code is None:
             raise ValueError(
@@ -137,6 +165,10 @@ class SimulatedPhone(DeviceClient):
         self._claimed: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
+        self._pin = pin
+        self._totp: pyotp.TOTP | None = None
+        # The last TOTP step a code was sent for: the server takes each once.
+        self._last_otp_step: int | None = None
 
     def __repr__(self) -> str:
         return (
@@ -180,6 +212,38 @@ class SimulatedPhone(DeviceClient):
         if policy in _NEEDS_EXPECTED_CODE and self._expected_code is None:
             raise ValueError(f"policy {policy} needs expected_code")
         self._policy = policy
+
+    @property
+    def pin(self) -> str | None:
+        """The PIN the simulated user types (never logged or shown)."""
+        return self._pin
+
+    @pin.setter
+    def pin(self, pin: str | None) -> None:
+        self._pin = pin
+
+    @property
+    def has_totp(self) -> bool:
+        """Whether the server provisioned a TOTP secret at enrolment."""
+        return self._totp is not None
+
+    async def fresh_otp(self) -> str:
+        """A TOTP code of a time step not used before by this phone.
+
+        The server accepts each step once, so a second approval within the
+        same 30 s waits for the next step, as a user would wait for a new
+        code.
+        """
+        totp = self._totp
+        if totp is None:
+            raise NotEnrolledError("no TOTP secret: the server provisioned none")
+        while True:
+            now = datetime.now(UTC)
+            step = totp.timecode(now)
+            if self._last_otp_step is None or step > self._last_otp_step:
+                self._last_otp_step = step
+                return totp.generate_otp(step)
+            await asyncio.sleep(totp.interval - now.timestamp() % totp.interval + 0.05)
 
     def trust_server(
         self, vapid_public_key: str, *, audience: str | None = None
@@ -255,6 +319,8 @@ class SimulatedPhone(DeviceClient):
             "name": self.name,
             "push_subscription": self.subscription,
         }
+        if self._pin is not None:
+            payload["pin"] = self._pin
         status, body = await self.call(
             "POST", "/device/v1/enrolment", payload, embed_jwk=True
         )
@@ -266,15 +332,27 @@ class SimulatedPhone(DeviceClient):
                 user_id=str(body["user_id"]),
                 credential_id=str(body["credential_id"]),
                 certificate_der=b64decode(body["certificate"]),
+                totp_uri=body.get("totp_uri"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise MalformedResponseError("the enrolment answer is malformed") from e
+        totp = None
+        if enrolment.totp_uri is not None:
+            try:
+                totp = _totp_from_uri(enrolment.totp_uri)
+            except ValueError:
+                # The URI holds a secret: it is never put in an error.
+                raise MalformedResponseError(
+                    "the enrolment answer's totp_uri is malformed"
+                ) from None
         # The server must name the device by the thumbprint of its key.
         if enrolment.device_id != self.device_id:
             raise MalformedResponseError(
                 "the server's device_id is not the key's RFC 7638 thumbprint"
             )
         self.enrolment = enrolment
+        self._totp = totp
+        self._last_otp_step = None
         logger.info(
             "enrolled device %s for user %s", enrolment.device_id, enrolment.user_id
         )
@@ -362,7 +440,9 @@ class SimulatedPhone(DeviceClient):
                 "request %s: %s with SAD %s", request_id, decision, sad_digest(sad)
             )
             if decision == "approve":
-                outcome = await self.approve(request_id, sad)
+                outcome = await self.approve(
+                    request_id, sad, **await self._second_factor(view)
+                )
             else:
                 outcome = await self.reject(request_id, sad)
             logger.info("request %s: %s answered %s", request_id, decision, outcome[0])
@@ -378,9 +458,26 @@ class SimulatedPhone(DeviceClient):
             credential_id=view.credential_id,
             decision=decision,
             outcome=outcome,
+            second_factor=view.second_factor,
         )
         self._record(shown)
         return shown
+
+    async def _second_factor(self, view: _Details) -> dict[str, str]:
+        """The PIN or one-time code the request asks for, as approve()'s
+        keyword arguments; empty when the phone has none to give."""
+        if view.second_factor == "pin":
+            if self._pin is not None:
+                return {"pin": self._pin}
+            logger.warning("request %s asks for a PIN; none given", view.request_id)
+        elif view.second_factor == "totp":
+            if self._totp is not None:
+                return {"otp": await self.fresh_otp()}
+            logger.warning(
+                "request %s asks for a one-time code; no TOTP secret",
+                view.request_id,
+            )
+        return {}
 
     async def _expected(self, request_id: str) -> str | None:
         if self._expected_code is None:
@@ -512,6 +609,7 @@ class SimulatedPhone(DeviceClient):
             name=f"{self.name} (2)" if name is None else name,
             expected_code=expected_code or self._expected_code,
             session=self._given_session,
+            pin=self._pin,
         )
         clone.audience = self.audience
         if self._vapid_public_key is not None:
@@ -543,6 +641,7 @@ class SimulatedPhone(DeviceClient):
                 serialization.NoEncryption(),
             ),
             push_auth_secret=self._push.auth_secret,
+            totp_secret=None if self._totp is None else self._totp.secret,
         ).write(path)
 
     @classmethod
@@ -555,6 +654,7 @@ class SimulatedPhone(DeviceClient):
         expected_code: ExpectedCode | None = None,
         session: aiohttp.ClientSession | None = None,
         on_shown: Callable[[ShownRequest], None] | None = None,
+        pin: str | None = None,
     ) -> SimulatedPhone:
         """A phone from a saved state; it listens on the saved push port."""
         state = PhoneState.read(path)
@@ -565,7 +665,10 @@ class SimulatedPhone(DeviceClient):
             expected_code=expected_code,
             session=session,
             on_shown=on_shown,
+            pin=pin,
         )
+        if state.totp_secret is not None:
+            phone._totp = pyotp.TOTP(state.totp_secret)
         try:
             phone._key = DeviceKey.from_pem(state.device_key_pem)
             push_key = serialization.load_pem_private_key(
