@@ -29,10 +29,11 @@ BODY_SCHEMAS = {
     "create_request": "CreateSignatureRequestBody",
     "enrol": "EnrolmentBody",
     "sad": "SadBody",
+    "approve": "ApprovalBody",
 }
 
 # Keywords that document a schema without changing what it accepts.
-ANNOTATIONS = frozenset({"description", "title", "examples", "$comment"})
+ANNOTATIONS = frozenset({"description", "title", "examples", "$comment", "writeOnly"})
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "options", "head"})
 
@@ -187,7 +188,7 @@ def test_operations_with_a_body_use_the_validated_schemas(
         ("POST", "/api/v1/users"): "CreateUserBody",
         ("POST", "/api/v1/signature-requests"): "CreateSignatureRequestBody",
         ("POST", "/device/v1/enrolment"): "EnrolmentBody",
-        ("POST", "/device/v1/requests/{request_id}/approve"): "SadBody",
+        ("POST", "/device/v1/requests/{request_id}/approve"): "ApprovalBody",
         ("POST", "/device/v1/requests/{request_id}/reject"): "SadBody",
     }
 
@@ -246,7 +247,11 @@ def test_device_request_schema_names_the_fields_of_request_for_device(
         secret=b"s", right=request.verification_code, nonce=request.nonce
     )
     view = request_for_device(
-        request, choices=choices, audience="sigil", relying_party="Portal"
+        request,
+        choices=choices,
+        audience="sigil",
+        relying_party="Portal",
+        second_factor="pin",
     )
 
     assert set(schema["properties"]) == set(view)
@@ -271,6 +276,8 @@ def test_user_schema_names_the_fields_of_user_view(spec: dict[str, Any]) -> None
     assert (
         key_algorithms == SCHEMAS["create_user"]["properties"]["key_algorithm"]["enum"]
     )
+    policies = SCHEMAS["create_user"]["properties"]["second_factor"]["enum"]
+    assert schema["properties"]["second_factor"]["enum"] == policies
 
 
 def test_request_state_enum_lists_every_state(spec: dict[str, Any]) -> None:
