@@ -161,13 +161,21 @@ async def enrol(sigil: Sigil) -> AsyncIterator[EnrolFactory]:
         policy: Policy = Policy.APPROVE,
         key_algorithm: str = "EC-P256",
         user_id: str | None = None,
+        second_factor: str | None = None,
+        pin: str | None = None,
     ) -> Enrolled:
         user = await sigil.rp.create_user(
-            "Alice Example", user_id=user_id, key_algorithm=key_algorithm
+            "Alice Example",
+            user_id=user_id,
+            key_algorithm=key_algorithm,
+            second_factor=second_factor,
         )
         code = await sigil.rp.activation_code(user["user_id"])
         phone = SimulatedPhone(
-            sigil.url, policy=policy, expected_code=lambda rid: expected.get(rid)
+            sigil.url,
+            policy=policy,
+            expected_code=lambda rid: expected.get(rid),
+            pin=pin,
         )
         await phone.__aenter__()
         phones.append(phone)
