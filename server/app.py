@@ -15,7 +15,7 @@ from aiohttp import web
 from hsm import Hsm
 from sam import SignatureActivationModule
 from sam.checkpoint import audit_key_id
-from server import device_api, oauth, rp_api
+from server import csc_api, device_api, oauth, rp_api
 from server.auth import ClientAuthenticator, DeviceAuthenticator
 from server.ca import load_ca
 from server.config import ConfigError, Settings
@@ -113,6 +113,7 @@ def create_app(settings: Settings, parts: Parts) -> web.Application:
     app.add_routes(rp_api.routes)
     app.add_routes(device_api.routes)
     app.add_routes(oauth.routes)
+    app.add_routes(csc_api.routes)
     tokens = oauth.AccessTokens(
         parts.store, issuer=settings.audience, ttl=settings.oauth_token_ttl
     )

@@ -1,0 +1,437 @@
+"""The CSC API over real HTTP: phone approval as the asynchronous
+authorisation, SoftHSM2 signatures, and the spec's error cases."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from mobile_stub import Policy
+from tests.conftest_server import EnrolFactory, Enrolled, Sigil, sha256
+from tests.csc_client import CscClient
+
+SHA256 = "2.16.840.1.101.3.4.2.1"
+ECDSA_SHA256 = "1.2.840.10045.4.3.2"
+RSA_SHA256 = "1.2.840.113549.1.1.11"
+RSA_PSS = "1.2.840.113549.1.1.10"
+DOCS = [sha256(b"first page"), sha256(b"second page"), sha256(b"third page")]
+
+
+@pytest.fixture(params=[1, 2], ids=["v1", "v2"])
+async def csc(sigil: Sigil, request: pytest.FixtureRequest) -> AsyncIterator[CscClient]:
+    yield CscClient(sigil.url, sigil.rp.api_key, sigil.session, request.param)
+
+
+async def approved(
+    csc: CscClient, enrol: EnrolFactory, user: Enrolled, docs: list[bytes]
+) -> str:
+    """Authorise ``docs`` for ``user`` and let the phone approve: the SAD."""
+    started = await csc.start(user.credential_id, docs)
+    enrol.expected[started["handle"]] = started["verificationCode"]  # type: ignore[attr-defined]
+    status, answer = await csc.finish(started["handle"])
+    assert status == 200, answer
+    assert 0 < answer["expiresIn"] <= 300
+    return str(answer["SAD"])
+
+
+def verify_ecdsa(certificate_b64: str, signature_b64: str, digest: bytes) -> None:
+    certificate = x509.load_der_x509_certificate(base64.b64decode(certificate_b64))
+    key = certificate.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    key.verify(
+        base64.b64decode(signature_b64), digest, ec.ECDSA(Prehashed(hashes.SHA256()))
+    )
+
+
+async def test_info_names_the_methods_and_the_token_endpoint(csc: CscClient) -> None:
+    info = await csc.ok("info", {})
+
+    assert info["specs"].startswith("2." if csc.version == 2 else "1.0.4")
+    assert "signatures/signHash" in info["methods"]
+    assert info["authType"] == ["oauth2client"]
+    assert info["oauth2"] == csc.base_url
+
+
+async def test_credentials_are_listed_and_described(
+    csc: CscClient, enrol: EnrolFactory
+) -> None:
+    user = await enrol()
+
+    listed = await csc.ok("credentials/list", {})
+    info = await csc.ok(
+        "credentials/info",
+        {"credentialID": user.credential_id, "certificates": "chain", "certInfo": True},
+    )
+
+    assert listed["credentialIDs"] == [user.credential_id]
+    assert info["key"] == {
+        "status": "enabled",
+        "algo": [ECDSA_SHA256, "1.2.840.10045.4.3.3", "1.2.840.10045.4.3.4"],
+        "len": 256,
+        "curve": "1.2.840.10045.3.1.7",
+    }
+    assert info["SCAL"] == "2" and info["multisign"] >= 1
+    assert len(info["cert"]["certificates"]) == 2
+    assert info["cert"]["status"] == "valid"
+    assert "Alice Example" in info["cert"]["subjectDN"]
+    if csc.version == 1:
+        assert info["authMode"] == "implicit"
+    else:
+        assert info["auth"]["mode"] == "explicit"
+
+
+async def test_phone_approval_authorises_and_signhash_signs_each_hash_once(
+    csc: CscClient, enrol: EnrolFactory, sigil: Sigil
+) -> None:
+    user = await enrol()
+    sad = await approved(csc, enrol, user, DOCS[:2])
+    info = await csc.ok(
+        "credentials/info",
+        {"credentialID": user.credential_id, "certificates": "chain"},
+    )
+    leaf = info["cert"]["certificates"][0]
+
+    status, first = await csc.sign(user.credential_id, sad, DOCS[:1])
+    assert status == 200, first
+    verify_ecdsa(leaf, first["signatures"][0], DOCS[0])
+
+    status, again = await csc.sign(user.credential_id, sad, DOCS[:1])
+    assert (status, again["error_description"]) == (
+        400,
+        "Hash is not authorized by the SAD: it was signed already",
+    )
+
+    status, second = await csc.sign(user.credential_id, sad, DOCS[1:2])
+    assert status == 200, second
+    verify_ecdsa(leaf, second["signatures"][0], DOCS[1])
+
+    status, spent = await csc.sign(user.credential_id, sad, DOCS[1:2])
+    assert status == 400 and spent["error"] == "invalid_request"
+    records = await sigil.store.audit_records(limit=1000)
+    assert [r.outcome for r in records if r.event == "key.use"] == ["success"] * 2
+
+
+async def test_hash_not_covered_by_the_approval_is_refused(
+    csc: CscClient, enrol: EnrolFactory
+) -> None:
+    user = await enrol()
+    sad = await approved(csc, enrol, user, DOCS[:1])
+
+    status, answer = await csc.sign(user.credential_id, sad, [sha256(b"other")])
+
+    assert (status, answer) == (
+        400,
+        {
+            "error": "invalid_request",
+            "error_description": "Hash is not authorized by the SAD",
+        },
+    )
+
+
+async def test_more_signatures_than_authorised_are_refused(
+    csc: CscClient, enrol: EnrolFactory
+) -> None:
+    user = await enrol()
+    sad = await approved(csc, enrol, user, DOCS[:1])
+
+    status, answer = await csc.sign(user.credential_id, sad, [DOCS[0], DOCS[0]])
+
+    assert status == 400
+    assert answer["error_description"].startswith("Hash is not authorized by the SAD")
+
+
+async def test_concurrent_signhash_calls_never_sign_a_hash_twice(
+    csc: CscClient, enrol: EnrolFactory, sigil: Sigil
+) -> None:
+    user = await enrol()
+    sad = await approved(csc, enrol, user, DOCS)
+
+    results = await asyncio.gather(
+        *(csc.sign(user.credential_id, sad, [doc]) for doc in DOCS for _ in range(4))
+    )
+
+    assert sum(status == 200 for status, _ in results) == 3
+    found = await sigil.store.get_request(sad.split(".")[0])
+    assert found is not None and found.state.value == "signed"
+    assert sorted(found.signed_hashes) == sorted(
+        base64.b64encode(d).decode() for d in DOCS
+    )
+
+
+async def test_tampered_unknown_or_foreign_sad_is_invalid(
+    csc: CscClient, enrol: EnrolFactory, sigil: Sigil
+) -> None:
+    user = await enrol()
+    sad = await approved(csc, enrol, user, DOCS[:1])
+    request_id, mac = sad.split(".")
+    other_app = await sigil.new_client("Other portal")
+    other = CscClient(csc.base_url, other_app.api_key, csc.session, csc.version)
+
+    for bad in (f"{request_id}.{mac[::-1]}", "nonsense", f"unknown.{mac}", ""):
+        status, answer = await csc.sign(user.credential_id, bad, DOCS[:1])
+        assert status == 400, bad
+        assert answer["error_description"] in (
+            "Invalid parameter SAD",
+            "Missing (or invalid type) string parameter SAD",
+        )
+    # Another relying app can neither use the credential nor the SAD.
+    status, answer = await other.sign(user.credential_id, sad, DOCS[:1])
+    assert (status, answer["error_description"]) == (
+        400,
+        "Invalid parameter credentialID",
+    )
+
+
+async def test_expired_sad_is_refused(
+    csc: CscClient, enrol: EnrolFactory, sigil: Sigil
+) -> None:
+    user = await enrol()
+    sad = await approved(csc, enrol, user, DOCS[:1])
+    request_id = sad.split(".")[0]
+    # Let the authorisation's time run out in the store, as the clock would.
+    found = await sigil.store.get_request(request_id)
+    assert found is not None and found.authorized_until is not None
+    await sigil.store.extend_authorization(
+        request_id, until=found.authorized_until, now=found.authorized_until
+    )
+    sigil.service.sam._clock = lambda: found.authorized_until  # type: ignore[method-assign,assignment,return-value]
+
+    status, answer = await csc.sign(user.credential_id, sad, DOCS[:1])
+
+    assert (status, answer["error_description"]) == (400, "SAD expired")
+
+
+async def test_extend_transaction_gives_a_new_sad_and_retires_the_old(
+    csc: CscClient, enrol: EnrolFactory
+) -> None:
+    user = await enrol()
+    sad = await approved(csc, enrol, user, DOCS[:1])
+    await asyncio.sleep(1.01)
+
+    extended = await csc.ok(
+        "credentials/extendTransaction",
+        {"credentialID": user.credential_id, "SAD": sad},
+    )
+
+    assert extended["SAD"] != sad and extended["expiresIn"] > 0
+    status, old = await csc.sign(user.credential_id, sad, DOCS[:1])
+    assert (status, old["error_description"]) == (400, "Invalid parameter SAD")
+    status, _ = await csc.sign(user.credential_id, extended["SAD"], DOCS[:1])
+    assert status == 200
+
+
+async def test_rejection_on_the_phone_is_access_denied(
+    csc: CscClient, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.REJECT)
+    started = await csc.start(user.credential_id, DOCS[:1])
+
+    status, answer = await csc.finish(started["handle"])
+
+    assert (status, answer["error"]) == (400, "access_denied")
+
+
+async def test_pending_authorisation_answers_202_with_its_handle(
+    csc: CscClient, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+    started = await csc.start(user.credential_id, DOCS[:2])
+
+    status, answer = await csc.call(
+        "credentials/authorizeCheck", {"handle": started["handle"]}
+    )
+
+    assert status == 202
+    assert answer["handle"] == started["handle"]
+    assert answer["verificationCode"] == started["verificationCode"]
+
+
+async def test_unknown_or_foreign_credential_is_refused(
+    csc: CscClient, enrol: EnrolFactory, sigil: Sigil
+) -> None:
+    user = await enrol()
+    other_app = await sigil.new_client("Other portal")
+    other = CscClient(csc.base_url, other_app.api_key, csc.session, csc.version)
+
+    for client, credential_id in ((csc, "no-such"), (other, user.credential_id)):
+        for method in ("credentials/info", "credentials/authorize"):
+            status, answer = await client.call(
+                method, {"credentialID": credential_id, "numSignatures": 1}
+            )
+            assert (status, answer["error_description"]) == (
+                400,
+                "Invalid parameter credentialID",
+            ), method
+    assert (await other.ok("credentials/list", {}))["credentialIDs"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "description"),
+    [
+        ({}, "Missing (or invalid type) string parameter credentialID"),
+        (
+            {"credentialID": 5},
+            "Missing (or invalid type) string parameter credentialID",
+        ),
+        (
+            {"credentialID": "c", "numSignatures": "one"},
+            "Missing (or invalid type) integer parameter numSignatures",
+        ),
+        ({"credentialID": "c", "numSignatures": 0}, "Invalid parameter numSignatures"),
+    ],
+)
+async def test_malformed_authorize_gets_the_specs_words(
+    csc: CscClient, body: dict[str, Any], description: str
+) -> None:
+    status, answer = await csc.call("credentials/authorize", body)
+
+    assert (status, answer) == (
+        400,
+        {"error": "invalid_request", "error_description": description},
+    )
+
+
+async def test_authorize_checks_hashes_and_their_count(
+    csc: CscClient, enrol: EnrolFactory
+) -> None:
+    user = await enrol()
+    name = "hashes" if csc.version == 2 else "hash"
+    cases = [
+        ({name: ["not base64!"], "numSignatures": 1}, "Invalid Base64 hash string"),
+        ({name: ["AAAA"], "numSignatures": 1}, "Invalid digest value length"),
+        (
+            {name: [base64.b64encode(DOCS[0]).decode()], "numSignatures": 2},
+            "Invalid value for parameter numSignatures",
+        ),
+        (
+            {name: [base64.b64encode(DOCS[0]).decode()] * 2, "numSignatures": 2},
+            f"Invalid parameter {name}",
+        ),
+        ({"numSignatures": 1}, f"Missing (or invalid type) array parameter {name}"),
+        (
+            {name: [base64.b64encode(DOCS[0]).decode()], "numSignatures": 999},
+            "Numbers of signatures is too high",
+        ),
+    ]
+    for extra, description in cases:
+        status, answer = await csc.call(
+            "credentials/authorize", {"credentialID": user.credential_id, **extra}
+        )
+        assert status == 400, extra
+        assert answer["error_description"].startswith(description), answer
+
+
+@pytest.mark.parametrize(
+    ("key_algorithm", "sign_algo", "prefer"),
+    [("RSA-2048", RSA_SHA256, "pkcs1"), ("RSA-2048", RSA_PSS, "pss")],
+)
+async def test_rsa_signs_pkcs1_v1_5_and_pss(
+    csc: CscClient, enrol: EnrolFactory, key_algorithm: str, sign_algo: str, prefer: str
+) -> None:
+    user = await enrol(key_algorithm=key_algorithm)
+    sad = await approved(csc, enrol, user, DOCS[:1])
+    extra: dict[str, Any] = {}
+    if prefer == "pss":
+        # RSASSA-PSS-params: SHA-256, MGF1 with SHA-256, salt 222 (the most
+        # RSA-2048 allows, as pyHanko asks), trailer 1.
+        extra["signAlgoParams"] = (
+            "MDWgDzANBglghkgBZQMEAgEFAKEcMBoGCSqGSIb3DQEBCDANBglghkgBZQMEAgEFAKIEAgIA3g=="
+        )
+
+    status, answer = await csc.sign(
+        user.credential_id, sad, DOCS[:1], sign_algo=sign_algo, **extra
+    )
+
+    assert status == 200, answer
+    info = await csc.ok("credentials/info", {"credentialID": user.credential_id})
+    key = x509.load_der_x509_certificate(
+        base64.b64decode(info["cert"]["certificates"][0])
+    ).public_key()
+    assert isinstance(key, rsa.RSAPublicKey)
+    pad: padding.AsymmetricPadding = (
+        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=222)
+        if prefer == "pss"
+        else padding.PKCS1v15()
+    )
+    key.verify(
+        base64.b64decode(answer["signatures"][0]),
+        DOCS[0],
+        pad,
+        Prehashed(hashes.SHA256()),
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "description"),
+    [
+        ({"signAlgo": "1.2.840.113549.1.1.11"}, "Invalid parameter signAlgo"),
+        ({"signAlgo": "1.2.3"}, "Invalid parameter signAlgo"),
+        (
+            {"hashAlgorithmOID": "2.16.840.1.101.3.4.2.2"},
+            "Invalid parameter hashAlgorithmOID",
+        ),
+        ({"operationMode": "A"}, "Invalid parameter operationMode"),
+        ({"signAlgoParams": "AAAA"}, "Invalid parameter signAlgoParams"),
+    ],
+)
+async def test_signhash_checks_the_algorithm(
+    csc: CscClient, enrol: EnrolFactory, extra: dict[str, Any], description: str
+) -> None:
+    user = await enrol()
+    sad = await approved(csc, enrol, user, DOCS[:1])
+    if csc.version == 1 and "hashAlgorithmOID" in extra:
+        extra = {"hashAlgo": extra["hashAlgorithmOID"]}
+        description = "Invalid parameter hashAlgo"
+
+    status, answer = await csc.sign(user.credential_id, sad, DOCS[:1], **extra)
+
+    assert (status, answer["error_description"]) == (400, description)
+
+
+async def test_both_spellings_of_a_field_are_refused(
+    csc: CscClient, enrol: EnrolFactory
+) -> None:
+    user = await enrol()
+    digest = base64.b64encode(DOCS[0]).decode()
+
+    status, answer = await csc.call(
+        "credentials/authorize",
+        {
+            "credentialID": user.credential_id,
+            "numSignatures": 1,
+            "hash": [digest],
+            "hashes": [digest],
+        },
+    )
+
+    assert status == 400
+    assert answer["error_description"].startswith("Invalid parameter hash")
+
+
+async def test_calls_need_a_token_with_the_right_scope(sigil: Sigil) -> None:
+    basic = base64.b64encode(f"portal:{sigil.rp.api_key}".encode()).decode()
+    async with sigil.session.post(
+        f"{sigil.url}/csc/v2/credentials/list", json={}
+    ) as response:
+        assert response.status == 401
+    async with sigil.session.post(
+        f"{sigil.url}/oauth2/token",
+        data={"grant_type": "client_credentials", "scope": "service"},
+        headers={"Authorization": "Basic " + basic},
+    ) as response:
+        token = (await response.json())["access_token"]
+    narrow = CscClient(sigil.url, token, sigil.session, 2)
+
+    assert (await narrow.call("credentials/list", {}))[0] == 200
+    status, answer = await narrow.call(
+        "credentials/authorize", {"credentialID": "x", "numSignatures": 1}
+    )
+    assert (status, answer["error"]) == (403, "insufficient_scope")
