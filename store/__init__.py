@@ -11,6 +11,8 @@ from datetime import timedelta
 from store.base import Store
 from store.errors import DuplicateError, StoreError, StoreUnavailable
 from store.models import (
+    CSC,
+    RP,
     ActivationCode,
     AuditEvent,
     AuditRecord,
@@ -25,6 +27,8 @@ from store.models import (
 )
 
 __all__ = [
+    "CSC",
+    "RP",
     "ActivationCode",
     "AuditEvent",
     "AuditRecord",

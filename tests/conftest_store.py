@@ -47,7 +47,7 @@ async def open_backend(backend: Backend, tmp_path: Path) -> AsyncIterator[Store]
     """Open a fresh, empty store of ``backend``; close it after."""
     name = backend.name
     if name == "sqlite":
-        sqlite = SqliteStore(tmp_path / "store.db")
+        sqlite = SqliteStore(tmp_path / "sigil.db")
         await sqlite.open()
         try:
             yield sqlite
