@@ -33,6 +33,8 @@ class Plan:
     phones: int
     http_warmup: float
     http_seconds: float
+    store_seconds: float
+    store_callers: tuple[int, ...]
 
     @classmethod
     def full(cls) -> Plan:
@@ -45,6 +47,8 @@ class Plan:
             phones=32,
             http_warmup=3.0,
             http_seconds=20.0,
+            store_seconds=3.0,
+            store_callers=(1, 16),
         )
 
     @classmethod
@@ -58,6 +62,8 @@ class Plan:
             phones=32,
             http_warmup=1.0,
             http_seconds=5.0,
+            store_seconds=0.75,
+            store_callers=(1, 16),
         )
 
 

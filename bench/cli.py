@@ -7,14 +7,18 @@ import asyncio
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench._machine import CpuLedger, describe
 from bench._procs import BENCH_ROOT, ChildFailed
 from bench._report import Plan, Row, detail, progress, summary_table
 
+if TYPE_CHECKING:
+    from bench.store_phase import MongoTarget
+
 __all__ = ["main"]
 
-PHASES = ("hsm", "sam", "http")
+PHASES = ("hsm", "sam", "http", "store")
 # Whatever happens, the whole run ends after this many seconds.
 _RUN_LIMIT = {False: 600.0, True: 180.0}
 
@@ -23,20 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark the signing path against raw baselines: PKCS#11 "
-        "signing, SAM activations, and whole transactions over loopback HTTP "
-        "with 32 simulated phones. Everything runs on 127.0.0.1 in temporary "
-        "folders; var/ is never touched. A full run takes about 70 s.",
+        "signing, SAM activations, whole transactions over loopback HTTP "
+        "with 32 simulated phones, and the store's calls on SQLite and MongoDB "
+        "side by side (the server of MONGODB_URI, else FerretDB). Everything "
+        "runs on 127.0.0.1 in temporary folders; var/ is never touched. A full "
+        "run takes about 110 s.",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="short smoke run (about 20 s) with smaller counts and durations",
+        help="short smoke run (about 30 s) with smaller counts and durations",
     )
     parser.add_argument(
         "--only",
         choices=PHASES,
         action="append",
-        help="run only this phase (repeatable); default: all three",
+        help="run only this phase (repeatable); default: all four",
     )
     parser.add_argument(
         "--profile",
@@ -49,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(phases: Sequence[str], plan: Plan, profile: bool) -> list[Row]:
+async def _run(
+    phases: Sequence[str],
+    plan: Plan,
+    profile: bool,
+    mongodb: MongoTarget | None,
+) -> list[Row]:
     rows: list[Row] = []
     profile_dir = BENCH_ROOT / "build" if profile else None
     with tempfile.TemporaryDirectory(prefix="sigil-bench-") as tmp:
@@ -61,6 +72,11 @@ async def _run(phases: Sequence[str], plan: Plan, profile: bool) -> list[Row]:
 
             result = await http_phase.run(plan, directory / "http", profile_dir)
             rows += result.rows
+        if "store" in phases and mongodb is not None:
+            from bench import store_phase
+
+            stored = await store_phase.run(plan, directory / "store", mongodb)
+            rows += stored.rows
     return rows
 
 
@@ -103,10 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     phases: list[str] = args.only or list(PHASES)
     plan = Plan.smoke() if args.quick else Plan.full()
     limit = _RUN_LIMIT[plan.quick]
+    mongodb = None
+    if "store" in phases:
+        from bench import store_phase
+
+        # Outside the run's time limit: building FerretDB can take minutes.
+        mongodb = store_phase.find_mongodb()
 
     async def bounded() -> list[Row]:
         async with asyncio.timeout(limit):
-            return await _run(phases, plan, args.profile)
+            return await _run(phases, plan, args.profile, mongodb)
 
     detail(describe())
     detail(
