@@ -57,7 +57,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: init
+bench: init ferretdb
 	$(PY) -m bench
 
 clean:

@@ -254,6 +254,9 @@ class MongoStore(Store):
         )
         await requests.create_index([("state", ASCENDING), ("expires_at", ASCENDING)])
         await requests.create_index([("state", ASCENDING), ("updated_at", ASCENDING)])
+        await requests.create_index(
+            [("state", ASCENDING), ("kind", ASCENDING), ("authorized_until", ASCENDING)]
+        )
         await requests.create_index("finished_at")
         moves = self._col("request_moves")
         await moves.create_index([("done", ASCENDING), ("queued_at", ASCENDING)])
