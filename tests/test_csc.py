@@ -435,3 +435,87 @@ async def test_calls_need_a_token_with_the_right_scope(sigil: Sigil) -> None:
         "credentials/authorize", {"credentialID": "x", "numSignatures": 1}
     )
     assert (status, answer["error"]) == (403, "insufficient_scope")
+
+
+# -- second factors in the spec's explicit mode (AUTH-3) ---------------------
+
+
+def _factor(csc: CscClient, name: str, value: str) -> dict[str, Any]:
+    if csc.version == 1:
+        return {name: value}
+    return {"authData": [{"id": name, "value": value}]}
+
+
+async def test_pin_credential_is_described_and_authorised_with_its_pin(
+    csc: CscClient, enrol: EnrolFactory
+) -> None:
+    user = await enrol(second_factor="pin", pin="4711")
+
+    info = await csc.ok(
+        "credentials/info", {"credentialID": user.credential_id, "authInfo": True}
+    )
+    if csc.version == 1:
+        assert info["authMode"] == "explicit"
+        assert info["PIN"]["presence"] == "true"
+    else:
+        assert info["auth"]["expression"] == "PIN"
+        assert info["auth"]["objects"][0]["id"] == "PIN"
+
+    started = await csc.start(
+        user.credential_id, DOCS[:1], **_factor(csc, "PIN", "4711")
+    )
+    enrol.expected[started["handle"]] = started["verificationCode"]  # type: ignore[attr-defined]
+    status, answer = await csc.finish(started["handle"])
+    assert status == 200, answer
+
+
+async def test_missing_or_wrong_pin_is_refused_and_five_lock_the_credential(
+    csc: CscClient, enrol: EnrolFactory, sigil: Sigil
+) -> None:
+    user = await enrol(second_factor="pin", pin="4711")
+    body = {
+        "credentialID": user.credential_id,
+        "numSignatures": 1,
+        "hashes" if csc.version == 2 else "hash": [base64.b64encode(DOCS[0]).decode()],
+    }
+
+    status, answer = await csc.call("credentials/authorize", body)
+    assert (status, answer["error_description"]) == (
+        400,
+        "Missing authentication data: PIN",
+    )
+    for _ in range(5):
+        status, answer = await csc.call(
+            "credentials/authorize", {**body, **_factor(csc, "PIN", "0000")}
+        )
+        assert (status, answer["error"]) == (400, "invalid_authentication_data")
+    status, answer = await csc.call(
+        "credentials/authorize", {**body, **_factor(csc, "PIN", "4711")}
+    )
+    assert (status, answer) == (
+        400,
+        {"error": "invalid_request", "error_description": "Credential locked"},
+    )
+    # Nothing reached the phone.
+    assert await sigil.store.list_requests(user_id=user.user_id) == []
+
+
+async def test_totp_code_is_accepted_once(csc: CscClient, enrol: EnrolFactory) -> None:
+    user = await enrol(second_factor="totp")
+    code = await user.phone.fresh_otp()
+
+    started = await csc.start(user.credential_id, DOCS[:1], **_factor(csc, "OTP", code))
+    assert started["handle"]
+    status, answer = await csc.call(
+        "credentials/authorize",
+        {
+            "credentialID": user.credential_id,
+            "numSignatures": 1,
+            "hashes" if csc.version == 2 else "hash": [
+                base64.b64encode(DOCS[1]).decode()
+            ],
+            **_factor(csc, "OTP", code),
+        },
+    )
+
+    assert (status, answer["error"]) == (400, "invalid_authentication_data")
