@@ -27,6 +27,7 @@ SUBCOMMANDS = [
     ["user", "create"],
     ["user", "code"],
     ["user", "list"],
+    ["user", "unlock"],
     ["device", "list"],
     ["device", "revoke"],
     ["credential", "list"],
@@ -112,6 +113,43 @@ def test_operator_enrols_a_user_and_lists_everything(home: Path) -> None:
     listing = _run(home, "audit", "list")
     assert "activation_code.issued" in listing.stdout
     assert code.stdout.strip() not in listing.stdout
+
+
+def test_operator_sets_a_signers_second_factor_and_unlocks_it_auth3(
+    home: Path,
+) -> None:
+    created = _run(
+        home,
+        "user",
+        "create",
+        "--display-name",
+        "Pin Holder",
+        "--user-id",
+        "pinned",
+        "--second-factor",
+        "pin",
+    )
+    unlocked = _run(home, "user", "unlock", "pinned")
+    unknown = _run(home, "user", "unlock", "nobody")
+    wrong = _run(
+        home, "user", "create", "--display-name", "S", "--second-factor", "sms"
+    )
+
+    assert created.returncode == 0, created.stderr
+    (row,) = [
+        line
+        for line in _run(home, "user", "list").stdout.splitlines()
+        if "pinned" in line
+    ]
+    assert row.split()[-2] == "pin"
+    assert unlocked.returncode == 0 and "unlocked" in unlocked.stdout
+    assert unknown.returncode == 2 and "no user nobody" in unknown.stderr
+    assert wrong.returncode == 2
+    listing = _run(home, "audit", "list", "--limit", "1000").stdout
+    assert any(
+        "factor.unlocked" in line and "operator" in line and "user:pinned" in line
+        for line in listing.splitlines()
+    )
 
 
 @pytest.mark.parametrize(
