@@ -126,6 +126,12 @@ def _write_config(home: Path, *, softhsm: bool) -> None:
         "max_hashes = 32",
         "max_pending_per_user = 20",
         "",
+        "[factors]",
+        "# Signers' PINs and one-time codes (AUTH-3): wrong tries before the",
+        "# factor locks, and how long each wrong try counts.",
+        "pin_max_tries = 5",
+        "pin_lock_seconds = 900",
+        "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
 
