@@ -245,8 +245,6 @@ def factors_doc(factors: UserFactors) -> Doc:
     return {
         "_id": factors.user_id,
         "pin_hash": factors.pin_hash,
-        "pin_failures": factors.pin_failures,
-        "pin_locked_until": opt_us(factors.pin_locked_until, "pin_locked_until"),
         "totp_secret": factors.totp_secret,
         "totp_last_step": factors.totp_last_step,
     }
@@ -256,8 +254,6 @@ def factors_from_doc(doc: Doc) -> UserFactors:
     return UserFactors(
         user_id=doc["_id"],
         pin_hash=doc.get("pin_hash"),
-        pin_failures=int(doc.get("pin_failures") or 0),
-        pin_locked_until=opt_time(doc.get("pin_locked_until")),
         totp_secret=doc.get("totp_secret"),
         totp_last_step=doc.get("totp_last_step"),
     )

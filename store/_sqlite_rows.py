@@ -39,9 +39,7 @@ REQUEST_COLUMNS = (
 USER_COLUMNS = (
     "user_id, display_name, key_algorithm, created_by, created_at, second_factor"
 )
-FACTOR_COLUMNS = (
-    "user_id, pin_hash, pin_failures, pin_locked_until, totp_secret, totp_last_step"
-)
+FACTOR_COLUMNS = "user_id, pin_hash, totp_secret, totp_last_step"
 DEVICE_COLUMNS = (
     "device_id, user_id, public_key_jwk, push_subscription, status, name, created_at"
 )
@@ -142,8 +140,6 @@ def factors_from_row(row: sqlite3.Row) -> UserFactors:
     return UserFactors(
         user_id=row["user_id"],
         pin_hash=row["pin_hash"],
-        pin_failures=row["pin_failures"],
-        pin_locked_until=_opt_time(row["pin_locked_until"]),
         totp_secret=row["totp_secret"],
         totp_last_step=row["totp_last_step"],
     )
@@ -153,8 +149,6 @@ def factors_params(factors: UserFactors) -> tuple[Any, ...]:
     return (
         factors.user_id,
         factors.pin_hash,
-        factors.pin_failures,
-        _opt_us(factors.pin_locked_until, "pin_locked_until"),
         factors.totp_secret,
         factors.totp_last_step,
     )

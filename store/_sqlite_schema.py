@@ -45,8 +45,6 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS factors (
     user_id          TEXT PRIMARY KEY REFERENCES users (user_id),
     pin_hash         TEXT,
-    pin_failures     INTEGER NOT NULL DEFAULT 0,
-    pin_locked_until INTEGER,
     totp_secret      TEXT,
     totp_last_step   INTEGER
 );

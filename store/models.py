@@ -75,8 +75,8 @@ class UserFactors:
 
     user_id: str
     pin_hash: str | None = field(default=None, repr=False)
-    pin_failures: int = 0
-    pin_locked_until: datetime | None = None
+    # TODO(totp-at-rest): the TOTP secret is stored as it is; wrapping it
+    # under an HSM key would keep a database dump from minting codes.
     totp_secret: str | None = field(default=None, repr=False)
     # The last TOTP time step accepted: a code is never accepted twice.
     totp_last_step: int | None = None

@@ -339,8 +339,7 @@ class SqliteStore(Store):
 
     async def put_factors(self, factors: UserFactors) -> None:
         await self._query(
-            f"INSERT OR REPLACE INTO factors ({FACTOR_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO factors ({FACTOR_COLUMNS}) VALUES (?, ?, ?, ?)",
             factors_params(factors),
         )
 

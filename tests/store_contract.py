@@ -959,10 +959,10 @@ async def test_factors_round_trip_and_are_replaced(store: Store) -> None:
 
     await store.put_factors(factors)
     assert await store.get_factors(USER.user_id) == factors
-    await store.put_factors(replace(factors, pin_hash=None, pin_locked_until=T0))
+    await store.put_factors(replace(factors, pin_hash=None, totp_last_step=7))
     again = await store.get_factors(USER.user_id)
     assert again is not None
-    assert (again.pin_hash, again.pin_locked_until) == (None, T0)
+    assert (again.pin_hash, again.totp_last_step) == (None, 7)
     assert "JBSWY3DP" not in repr(again) and "argon2" not in repr(factors)
 
 

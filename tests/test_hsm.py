@@ -563,7 +563,10 @@ async def test_slow_token_work_does_not_block_the_event_loop_hsm3(hsm: Hsm) -> N
     await ticker
     for key in keys:
         await hsm.destroy_key(key.key_id)
-    assert ticks >= elapsed / 0.002 / 2
+    # A blocked loop ticks about once per key; a free one many times per
+    # key, even on a machine busy with other work.
+    assert elapsed > 0
+    assert ticks >= 5 * len(keys) + 10
 
 
 async def test_token_calls_run_on_worker_threads_hsm3(hsm: Hsm) -> None:
