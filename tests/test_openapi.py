@@ -3,18 +3,28 @@ Schemas it validates bodies with and the fields its views produce."""
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from hsm import Hsm
 from sam import code_choices
 from server.app import Parts, create_app
 from server.config import Settings
+from server.csc import credential_info
+from server.csc_api import _SCHEMAS as CSC_SCHEMAS
+from server.csc_api import _V1_NAMES as CSC_V1_NAMES
+from server.csc_api import _pending as csc_pending
 from server.oauth import SCOPES, TOKEN_PATH
 from server.validation import SCHEMAS
 from server.views import request_for_client, request_for_device, user_view
@@ -31,6 +41,19 @@ BODY_SCHEMAS = {
     "sad": "SadBody",
     "approve": "ApprovalBody",
 }
+
+# server/csc_api.py _SCHEMAS method -> components/schemas name in the spec.
+CSC_BODY_SCHEMAS = {
+    "info": "CscInfoBody",
+    "credentials/list": "CscCredentialsListBody",
+    "credentials/info": "CscCredentialsInfoBody",
+    "credentials/authorize": "CscAuthorizeBody",
+    "credentials/authorizeCheck": "CscAuthorizeCheckBody",
+    "credentials/extendTransaction": "CscExtendTransactionBody",
+    "signatures/signHash": "CscSignHashBody",
+}
+# v1.0.4 fields the CSC API turns into v2 authData items before validating.
+CSC_FACTORS = ("PIN", "OTP")
 
 # Keywords that document a schema without changing what it accepts.
 ANNOTATIONS = frozenset({"description", "title", "examples", "$comment", "writeOnly"})
@@ -181,6 +204,73 @@ def test_every_server_body_schema_is_documented() -> None:
     assert set(BODY_SCHEMAS) == set(SCHEMAS)
 
 
+def _csc_as_validated(documented: dict[str, Any]) -> dict[str, Any]:
+    """A documented CSC body as the server validates it: server/csc_api.py
+    renames v1.0.4 fields (``hash``, ``hashAlgo``) to v2's and turns
+    ``PIN``/``OTP`` into ``authData`` items first, refusing a body with
+    both spellings of one field. Each alias must be documented with the
+    schema of what it stands for, both spellings must be excluded by
+    ``not``, and a required field may be given in either spelling
+    (``anyOf``); the rest must be the server's schema exactly."""
+    schema = copy.deepcopy(_without_annotations(documented))
+    properties = schema["properties"]
+    both: list[dict[str, Any]] = []
+    either: list[str] = []
+    for old, new in CSC_V1_NAMES.items():
+        if old in properties:
+            assert properties.pop(old) == properties[new], old
+            both.append({"required": [new, old]})
+            if {"required": [new]} in schema.get("anyOf", []):
+                either.append(new)
+    for name in CSC_FACTORS:
+        if name in properties:
+            value = properties["authData"]["items"]["properties"]["value"]
+            assert properties.pop(name) == value, name
+            both.append({"required": ["authData", name]})
+    if both:
+        assert schema.pop("not") == {"anyOf": both}
+    if either:
+        alternatives = schema.pop("anyOf")
+        assert alternatives == [
+            {"required": [n]} for new in either for n in (new, _v1_name(new))
+        ]
+        schema["required"] = schema["required"] + either
+    if "required" in schema:
+        schema["required"] = sorted(schema["required"])
+    return schema
+
+
+def _v1_name(name: str) -> str:
+    return {new: old for old, new in CSC_V1_NAMES.items()}[name]
+
+
+@pytest.mark.parametrize(("method", "spec_name"), sorted(CSC_BODY_SCHEMAS.items()))
+def test_csc_body_schema_is_the_one_the_server_validates_with(
+    spec: dict[str, Any], method: str, spec_name: str
+) -> None:
+    server = copy.deepcopy(CSC_SCHEMAS[method])
+    if "required" in server:
+        server["required"] = sorted(server["required"])
+
+    assert _csc_as_validated(_schema(spec, spec_name)) == server
+
+
+def test_csc_bodies_document_the_v1_names_wherever_the_server_takes_them(
+    spec: dict[str, Any],
+) -> None:
+    for method, spec_name in CSC_BODY_SCHEMAS.items():
+        documented = _schema(spec, spec_name)["properties"]
+        validated = CSC_SCHEMAS[method]["properties"]
+        aliases = {old for old, new in CSC_V1_NAMES.items() if new in validated}
+        if "authData" in validated:
+            aliases.update(CSC_FACTORS)
+        assert aliases <= set(documented), method
+
+
+def test_every_csc_body_schema_is_documented() -> None:
+    assert set(CSC_BODY_SCHEMAS) == set(CSC_SCHEMAS)
+
+
 def test_operations_with_a_body_use_the_validated_schemas(
     spec: dict[str, Any],
 ) -> None:
@@ -191,6 +281,13 @@ def test_operations_with_a_body_use_the_validated_schemas(
         ("POST", "/device/v1/requests/{request_id}/approve"): "ApprovalBody",
         ("POST", "/device/v1/requests/{request_id}/reject"): "SadBody",
     }
+    expected.update(
+        {
+            ("POST", f"/csc/v{version}/{method}"): name
+            for version in (1, 2)
+            for method, name in CSC_BODY_SCHEMAS.items()
+        }
+    )
 
     found = {
         (method, path): operation["requestBody"]["content"]["application/json"][
@@ -321,3 +418,85 @@ def test_every_operation_can_answer_an_unexpected_failure(
     ]
 
     assert missing == []
+
+
+def _self_signed() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Alice Example")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(Encoding.DER)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("factor", ["none", "pin", "totp"])
+def test_csc_credential_info_schema_names_the_fields_of_credential_info(
+    spec: dict[str, Any], version: int, factor: str
+) -> None:
+    schema = _schema(spec, "CscCredentialInfo")
+    der = _self_signed()
+    credential = Credential(
+        credential_id="c-1",
+        user_id="alice",
+        key_id="k-1",
+        key_algorithm="EC-P256",
+        certificate_der=der,
+        chain_der=(der, der),
+        status="active",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    user = User(
+        user_id="alice",
+        display_name="Alice Example",
+        key_algorithm="EC-P256",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        second_factor=factor,
+    )
+    fullest = credential_info(
+        credential,
+        user,
+        version=version,
+        certificates="chain",
+        cert_info=True,
+        auth_info=True,
+        multisign=32,
+        now=datetime.now(UTC),
+    )
+    barest = credential_info(
+        credential,
+        user,
+        version=version,
+        certificates="none",
+        cert_info=False,
+        auth_info=False,
+        multisign=32,
+        now=datetime.now(UTC),
+    )
+
+    properties = schema["properties"]
+    assert set(fullest) <= set(properties)
+    assert set(schema["required"]) <= set(barest)
+    for part in ("key", "cert"):
+        assert set(fullest[part]) <= set(properties[part]["properties"]), part
+        assert set(properties[part]["required"]) <= set(barest[part]), part
+    for name in ("PIN", "OTP", "auth"):
+        if name in fullest:
+            assert set(fullest[name]) <= set(properties[name]["properties"]), name
+
+
+def test_csc_pending_authorisation_schema_names_the_fields_of_its_answer(
+    spec: dict[str, Any],
+) -> None:
+    schema = _schema(spec, "CscPendingAuthorization")
+    answer = csc_pending(_pending_request())
+
+    assert set(schema["properties"]) == set(schema["required"]) == set(answer)
