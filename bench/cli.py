@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         action="store_true",
         help="also profile with cProfile: an extra SAM pass "
-        "(build/bench-sam.prof, build/bench-sam-profile.txt) and the HTTP "
+        "(build/bench-sam.prof, build/bench-sam-profile.txt), the HTTP "
         "phase's server (build/bench-server.prof, "
-        "build/bench-server-profile.txt); HTTP figures are lower then",
+        "build/bench-server-profile.txt) and the csc phase's Sigil server "
+        "(build/bench-csc-server.*); their figures are lower then",
     )
     return parser
 
@@ -80,7 +81,7 @@ async def _run(
         if "csc" in phases:
             from bench import csc_phase
 
-            csc = await csc_phase.run(plan, directory / "csc")
+            csc = await csc_phase.run(plan, directory / "csc", profile_dir)
             rows += csc.rows
     return rows
 

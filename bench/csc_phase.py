@@ -78,7 +78,7 @@ def csc_plan(plan: Plan) -> CscPlan:
         seconds=10.0,
         concurrency=(1, 16),
         hashes_per_sad=DEFAULT_MULTISIGN,
-        budget=(5_000, 10_000),
+        budget=(6_000, 12_000),
     )
 
 
@@ -270,7 +270,7 @@ def _count_key_use(database: Path) -> int | None:
     return int(row[0])
 
 
-async def _sigil(cplan: CscPlan, home: Path) -> Side:
+async def _sigil(cplan: CscPlan, home: Path, profile_dir: Path | None) -> Side:
     env = child_env(SIGIL_HOME=str(home))
     progress("csc: sigil init in a temporary home (token, CA, SQLite)")
     await _tool([str(BIN / "sigil"), "init"], env, "sigil init")
@@ -291,9 +291,18 @@ async def _sigil(cplan: CscPlan, home: Path) -> Side:
         "sigil client create",
     )
     port = free_port()
-    server = await Child.start(
-        "sigil serve", [str(BIN / "sigil"), "serve", "--port", str(port)], env=env
-    )
+    argv = [str(BIN / "sigil"), "serve", "--port", str(port)]
+    if profile_dir is not None:
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.profiled_server",
+            "--port",
+            str(port),
+            "--out",
+            str(profile_dir / "bench-csc-server"),
+        ]
+    server = await Child.start("sigil serve", argv, env=env)
     sads = [math.ceil(b / cplan.hashes_per_sad) for b in cplan.budget]
     try:
         await server.wait_for("serving on", _START_LIMIT)
@@ -397,11 +406,16 @@ def _replay(side: Side) -> str:
     return f"HTTP {side.replay['status']} ({side.replay['answer']})"
 
 
-def _report(cplan: CscPlan, sigil: Side, dummy: Side) -> list[Row]:
+def _report(cplan: CscPlan, sigil: Side, dummy: Side, *, profiled: bool) -> list[Row]:
     detail(
         "== csc: signatures/signHash of one SHA-256 hash, EC P-256, CSC v1, "
         "same load generator"
     )
+    if profiled:
+        detail(
+            "  sigil serve under cProfile, its rates are lower than in a plain "
+            "run: build/bench-csc-server-profile.txt"
+        )
     detail(
         f"  sigil: sigil serve, SoftHSM2, SQLite; {sigil.sads} authorisations of "
         f"{cplan.hashes_per_sad} hashes approved on a simulated phone in "
@@ -457,12 +471,20 @@ def _report(cplan: CscPlan, sigil: Side, dummy: Side) -> list[Row]:
     return rows
 
 
-async def run(plan: Plan, directory: Path, cplan: CscPlan | None = None) -> CscResult:
-    """Run the phase; ``cplan`` replaces the plan's sizes (for the tests)."""
+async def run(
+    plan: Plan,
+    directory: Path,
+    profile_dir: Path | None = None,
+    cplan: CscPlan | None = None,
+) -> CscResult:
+    """Run the phase. With ``profile_dir``, Sigil's server runs under cProfile
+    (bench/profiled_server.py: build/bench-csc-server.prof and
+    -profile.txt) and its rates are lower. ``cplan`` replaces the plan's
+    sizes (for the tests)."""
     cplan = cplan or csc_plan(plan)
-    sigil = await _sigil(cplan, directory / "sigil")
+    sigil = await _sigil(cplan, directory / "sigil", profile_dir)
     dummy = await _dummy(cplan, directory / "dummy")
-    rows = _report(cplan, sigil, dummy)
+    rows = _report(cplan, sigil, dummy, profiled=profile_dir is not None)
     for side in (sigil, dummy):
         if not any(level.completed for level in side.levels):
             raise ChildFailed(f"no signHash call of the {side.name} completed")

@@ -45,7 +45,7 @@ async def test_csc_phase_sets_sigil_beside_the_dummy(
         warmup=0.1, seconds=0.4, concurrency=(1, 2), hashes_per_sad=8, budget=(400, 400)
     )
 
-    result = await csc_phase.run(Plan.smoke(), tmp_path, tiny)
+    result = await csc_phase.run(Plan.smoke(), tmp_path, cplan=tiny)
 
     assert [row.measure for row in result.rows] == [
         "signHash/s, 1 hash, 1 worker",
