@@ -28,15 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description="Benchmark the signing path against raw baselines: PKCS#11 "
         "signing, SAM activations, whole transactions over loopback HTTP "
-        "with 32 simulated phones, and the store's calls on SQLite and MongoDB "
-        "side by side (the server of MONGODB_URI, else FerretDB). Everything "
-        "runs on 127.0.0.1 in temporary folders; var/ is never touched. A full "
-        "run takes about 110 s.",
+        "with 32 simulated phones, the store's calls on SQLite and MongoDB "
+        "side by side (the server of MONGODB_URI, else FerretDB), and CSC "
+        "signHash next to certomancer-csc-dummy. Everything runs on 127.0.0.1 "
+        "in temporary folders; var/ is never touched. A full run takes about "
+        "165 s.",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="short smoke run (about 30 s) with smaller counts and durations",
+        help="short smoke run (about 50 s) with smaller counts and durations",
     )
     parser.add_argument(
         "--only",
