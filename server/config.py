@@ -146,9 +146,15 @@ def load_settings(home: Path | None = None) -> Settings:
             min_ttl=int(requests.get("min_ttl_seconds", 30)),
             max_ttl=int(requests.get("max_ttl_seconds", 600)),
             finished_retention=int(requests.get("finished_retention_seconds", 3600)),
-            max_hashes=int(requests.get("max_hashes", 32)),
+            max_hashes=_bounded(
+                requests.get("max_hashes", 32), "requests.max_hashes", 1, 100
+            ),
             csc_sad_lifetime=int(data.get("csc", {}).get("sad_lifetime_seconds", 300)),
-            csc_multisign=int(data.get("csc", {}).get("multisign", 32)),
+            # The phone's SAD lists every hash and is capped at 16 KiB: 128
+            # SHA-512 hashes fit, 100 with room to spare.
+            csc_multisign=_bounded(
+                data.get("csc", {}).get("multisign", 32), "csc.multisign", 1, 100
+            ),
             activation_code_ttl=int(
                 data.get("enrolment", {}).get("activation_code_ttl_seconds", 900)
             ),

@@ -79,7 +79,7 @@ _ID = {"type": "string", "minLength": 1, "maxLength": 128}
 _B64_LIST = {
     "type": "array",
     "minItems": 1,
-    "maxItems": 256,
+    "maxItems": 100,
     "items": {"type": "string", "minLength": 1, "maxLength": 200},
 }
 _CERTIFICATES = {"type": "string", "enum": ["none", "single", "chain"]}

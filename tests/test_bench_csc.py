@@ -30,10 +30,10 @@ def test_multisign_is_written_into_the_config(tmp_path: Path, text: str) -> None
     config = tmp_path / "sigil.toml"
     config.write_text(text, encoding="utf-8")
 
-    csc_phase._set_multisign(config, 200)
+    csc_phase._set_multisign(config, 100)
 
     data = tomllib.loads(config.read_text(encoding="utf-8"))
-    assert data["csc"]["multisign"] == 200
+    assert data["csc"]["multisign"] == 100
     assert data["server"]["port"] == 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from mobile_stub import Policy
+from server.config import ConfigError, load_settings
 from tests.conftest_server import EnrolFactory, Enrolled, Sigil, sha256
 from tests.csc_client import CscClient
 
@@ -519,3 +521,22 @@ async def test_totp_code_is_accepted_once(csc: CscClient, enrol: EnrolFactory) -
     )
 
     assert (status, answer["error"]) == (400, "invalid_authentication_data")
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("[csc]\nmultisign = 101\n", "csc.multisign"),
+        ("[csc]\nmultisign = 0\n", "csc.multisign"),
+        ("[requests]\nmax_hashes = 500\n", "requests.max_hashes"),
+    ],
+)
+def test_more_hashes_than_a_phone_sad_can_carry_are_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, name: str
+) -> None:
+    # The phone's SAD lists every hash in at most 16 KiB (sam/sad.py).
+    monkeypatch.delenv("SIGIL_CONFIG", raising=False)
+    (tmp_path / "sigil.toml").write_text(text, encoding="utf-8")
+
+    with pytest.raises(ConfigError, match=name):
+        load_settings(tmp_path)
