@@ -445,9 +445,10 @@ class SignatureActivationModule:
         return mint_token(self._token_secret, request)
 
     async def authorised_request(
-        self, token: str, *, credential_id: str
+        self, token: str, *, credential_id: str, client_id: str
     ) -> SignatureRequest:
-        """The live authorisation ``token`` names, for ``credential_id``."""
+        """The live authorisation ``token`` names, for ``credential_id`` and
+        the relying app ``client_id`` that asked for it."""
         request_id = token_request_id(token)
         request = (
             None if request_id is None else await self._store.get_request(request_id)
@@ -456,6 +457,7 @@ class SignatureActivationModule:
             request is None
             or request.kind != CSC
             or request.credential_id != credential_id
+            or request.client_id != client_id
             or request.sad_digest is None
         ):
             raise InvalidAuthorisation("the SAD is not valid for this credential")
@@ -474,11 +476,13 @@ class SignatureActivationModule:
         return request
 
     async def extend_authorisation(
-        self, token: str, *, credential_id: str
+        self, token: str, *, credential_id: str, client_id: str
     ) -> SignatureRequest:
         """Give a live authorisation a fresh lifetime; its old SAD stops
         working and :meth:`authorisation_token` gives the new one."""
-        request = await self.authorised_request(token, credential_id=credential_id)
+        request = await self.authorised_request(
+            token, credential_id=credential_id, client_id=client_id
+        )
         now = self._clock()
         extended = await self._store.extend_authorization(
             request.request_id, until=now + self._authorisation_lifetime, now=now
@@ -492,6 +496,7 @@ class SignatureActivationModule:
         token: str,
         *,
         credential_id: str,
+        client_id: str,
         hashes: Sequence[str],
         hash_alg: HsmHashAlg,
         mechanism: SignMechanism,
@@ -505,7 +510,9 @@ class SignatureActivationModule:
         signature but never make one twice. Returns base64 signatures in
         the order of ``hashes``.
         """
-        request = await self.authorised_request(token, credential_id=credential_id)
+        request = await self.authorised_request(
+            token, credential_id=credential_id, client_id=client_id
+        )
         if hash_alg.oid != request.hash_algorithm:
             raise HashNotAuthorised("the SAD was approved for another hash algorithm")
         wanted = list(hashes)

@@ -45,7 +45,6 @@ from sam import (
     SigningFailed,
     TooManySignatures,
 )
-from sam.authorisation import token_request_id
 from sam.factors import FactorRefused
 from server.csc import CscError, credential_info, sign_algorithm
 from server.errors import ApiError
@@ -292,6 +291,19 @@ async def _credential(
     return credential, user
 
 
+async def _credential_of(
+    service: Service, client: Client, credential_id: str
+) -> Credential:
+    """As ``_credential``, from memory: who created a user never changes."""
+    credential = await service.sam.credential(credential_id)
+    owner = (
+        None if credential is None else await service.user_creator(credential.user_id)
+    )
+    if credential is None or owner not in ("operator", f"client:{client.client_id}"):
+        raise CscError("Invalid parameter credentialID")
+    return credential
+
+
 def _hashes(
     values: list[str], hash_alg: HashAlg | None
 ) -> tuple[tuple[str, ...], HashAlg]:
@@ -532,17 +544,6 @@ async def _authorize_check(
     raise CscError(description, error=error)
 
 
-async def _authorisation_of(
-    service: Service, client: Client, token: str
-) -> SignatureRequest:
-    """The authorisation a SAD names, if it is this relying app's."""
-    request_id = token_request_id(token)
-    found = None if request_id is None else await service.store.get_request(request_id)
-    if found is None or found.client_id != client.client_id:
-        raise CscError("Invalid parameter SAD")
-    return found
-
-
 @_endpoint("credentials/extendTransaction", scope=CREDENTIAL_SCOPE)
 async def _extend(
     request: web.Request,
@@ -551,11 +552,12 @@ async def _extend(
     body: dict[str, Any],
     version: int,
 ) -> dict[str, Any]:
-    credential, _ = await _credential(service, client, body["credentialID"])
-    await _authorisation_of(service, client, body["SAD"])
+    credential = await _credential_of(service, client, body["credentialID"])
     try:
         extended = await service.sam.extend_authorisation(
-            body["SAD"], credential_id=credential.credential_id
+            body["SAD"],
+            credential_id=credential.credential_id,
+            client_id=client.client_id,
         )
     except ActivationError as e:
         raise CscError(_SPEND_ERRORS.get(type(e), "Invalid parameter SAD")) from None
@@ -573,7 +575,7 @@ async def _sign_hash(
     body: dict[str, Any],
     version: int,
 ) -> dict[str, Any]:
-    credential, _ = await _credential(service, client, body["credentialID"])
+    credential = await _credential_of(service, client, body["credentialID"])
     if body.get("operationMode", "S") != "S":
         # TODO(csc-async-signing): operationMode "A" is not offered.
         raise CscError("Invalid parameter operationMode")
@@ -584,11 +586,11 @@ async def _sign_hash(
         body.get("hashAlgorithmOID"),
     )
     hashes, _ = _hashes(body["hashes"], algorithm.hash_alg)
-    await _authorisation_of(service, client, body["SAD"])
     try:
         signatures = await service.sam.spend_authorisation(
             body["SAD"],
             credential_id=credential.credential_id,
+            client_id=client.client_id,
             hashes=hashes,
             hash_alg=algorithm.hash_alg,
             mechanism=algorithm.mechanism,

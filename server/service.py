@@ -93,6 +93,7 @@ class Service:
     code_secret: bytes = field(default=b"", repr=False)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _client_names: dict[str, str] = field(default_factory=dict)
+    _user_creators: dict[str, str] = field(default_factory=dict)
     # Held only while in use: a weak mapping forgets idle users' locks.
     _user_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
@@ -617,6 +618,19 @@ class Service:
             }
             name = self._client_names.get(client_id, client_id)
         return name
+
+    async def user_creator(self, user_id: str) -> str | None:
+        """Who created the user ("operator" or "client:<id>"), from memory
+        after the first read: it never changes, and users are not deleted."""
+        creator = self._user_creators.get(user_id)
+        if creator is None:
+            user = await self.store.get_user(user_id)
+            if user is None:
+                return None
+            if len(self._user_creators) > 100_000:
+                self._user_creators.clear()
+            creator = self._user_creators[user_id] = user.created_by
+        return creator
 
     def choices(self, request: SignatureRequest) -> tuple[str, ...]:
         return code_choices(

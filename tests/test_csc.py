@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from mobile_stub import Policy
+from mobile_stub import Policy, SimulatedPhone
 from server.config import ConfigError, load_settings
+from store import User
 from tests.conftest_server import EnrolFactory, Enrolled, Sigil, sha256
 from tests.csc_client import CscClient
 
@@ -540,3 +542,49 @@ def test_more_hashes_than_a_phone_sad_can_carry_are_refused_at_start(
 
     with pytest.raises(ConfigError, match=name):
         load_settings(tmp_path)
+
+
+async def test_sad_and_handle_of_one_relying_app_are_useless_to_another(
+    csc: CscClient, sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    # A user the operator created: every relying app may use the credential.
+    await sigil.store.add_user(
+        User(
+            user_id="shared",
+            display_name="Shared Signer",
+            key_algorithm="EC-P256",
+            created_at=datetime.now(UTC),
+        )
+    )
+    expected: dict[str, str] = {}
+    async with SimulatedPhone(sigil.url, expected_code=expected.get) as phone:
+        enrolment = await phone.enrol(await sigil.operator_code("shared"))
+        credential_id = enrolment.credential_id
+        started = await csc.start(credential_id, DOCS[:1])
+        expected[started["handle"]] = started["verificationCode"]
+        status, answer = await csc.finish(started["handle"])
+        assert status == 200, answer
+        sad = answer["SAD"]
+        other_app = await sigil.new_client("Other portal")
+        other = CscClient(csc.base_url, other_app.api_key, csc.session, csc.version)
+
+        assert (await other.ok("credentials/list", {}))["credentialIDs"] == [
+            credential_id
+        ]
+        status, answer = await other.sign(credential_id, sad, DOCS[:1])
+        assert (status, answer["error_description"]) == (400, "Invalid parameter SAD")
+        status, answer = await other.call(
+            "credentials/authorizeCheck", {"handle": started["handle"]}
+        )
+        assert (status, answer["error_description"]) == (
+            400,
+            "Invalid parameter handle",
+        )
+        status, answer = await other.call(
+            "credentials/extendTransaction",
+            {"credentialID": credential_id, "SAD": sad},
+        )
+        assert (status, answer["error_description"]) == (400, "Invalid parameter SAD")
+        # The app that asked still signs.
+        status, _ = await csc.sign(credential_id, sad, DOCS[:1])
+        assert status == 200
