@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hsm import HsmConfig
 from store import Store, open_store
@@ -32,6 +33,7 @@ class Settings:
     config_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    public_url: str | None = None
     audience: str = "sigil"
     store: str = ""
     mongodb_database: str = "sigil"
@@ -124,6 +126,9 @@ def load_settings(home: Path | None = None) -> Settings:
             config_file=config_file,
             host=env.get("SIGIL_HOST", server.get("host", "127.0.0.1")),
             port=int(env.get("SIGIL_PORT", server.get("port", 8080))),
+            public_url=_public_url(
+                env.get("SIGIL_PUBLIC_URL") or server.get("public_url")
+            ),
             audience=server.get("audience", "sigil"),
             store=env.get("SIGIL_STORE")
             or env.get("MONGODB_URI")
@@ -187,3 +192,31 @@ def _bounded(value: Any, name: str, low: int, high: int) -> int:
     if not low <= number <= high:
         raise ValueError(f"{name} must be between {low} and {high}")
     return number
+
+
+def _public_url(value: Any) -> str | None:
+    """``server.public_url``: scheme, host and port only, e.g.
+    ``https://sign.example.com``; None when not configured."""
+    if value is None or value == "":
+        return None
+    problem = ValueError(
+        "server.public_url must be an http or https URL without a path, query "
+        "or credentials, e.g. https://sign.example.com"
+    )
+    if not isinstance(value, str) or not value.isprintable() or " " in value:
+        raise problem
+    parts = urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.path not in ("", "/")
+        or "?" in value
+        or "#" in value
+    ):
+        raise problem
+    try:
+        _ = parts.port  # a port that is no number, or out of range
+    except ValueError:
+        raise problem from None
+    return f"{parts.scheme}://{parts.netloc}"
