@@ -804,14 +804,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries whose debug records carry what this server keeps secret:
+# PyMongo's command monitoring logs whole commands and replies (settings
+# holding secrets, PIN hashes, TOTP secrets).
+_QUIET_LIBRARIES = ("pymongo",)
+
+
+def configure_logging(*, verbose: bool) -> None:
+    """Log to standard error; ``verbose`` turns on debug for this server's
+    own modules, never for libraries that would log secrets (SAD-6)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # `sigil device list | head` ends quietly, as other command-line tools do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose=args.verbose)
     func: Command = args.func
     try:
         settings = load_settings(Path(args.home) if args.home else None)

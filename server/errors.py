@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from sam import ActivationError
-from store import StoreUnavailable
+from store import StoreBusy, StoreUnavailable
 
 __all__ = ["ApiError", "error_middleware", "json_error"]
 
@@ -81,6 +82,14 @@ async def error_middleware(
     except ActivationError as e:
         status = _KIND_STATUS[e.kind]
         return json_error(status, e.code, str(e))
+    except StoreBusy:
+        log.warning("store busy while serving %s", request.path)
+        return json_error(
+            503,
+            "service_unavailable",
+            "another call is changing the same record; try again shortly",
+            {"Retry-After": "1"},
+        )
     except StoreUnavailable:
         log.warning("store unavailable while serving %s", request.path)
         return json_error(
@@ -89,6 +98,20 @@ async def error_middleware(
             "the database cannot be reached; try again shortly",
             {"Retry-After": "5"},
         )
+    except RequestPayloadError:
+        # A body that cannot be decoded (a Content-Encoding it does not
+        # have, a broken chunked stream) is the client's to fix.
+        response = json_error(
+            400,
+            "invalid_request",
+            "the request body cannot be read: check its Content-Encoding",
+        )
+        # The rest of such a body cannot be read either: close the
+        # connection after the answer, and do not drain the body first
+        # (aiohttp would hit the same error again and log it).
+        response.force_close()
+        request.content.feed_eof()
+        return response
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -14,7 +14,8 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 __all__ = ["SigilRunner"]
@@ -23,6 +24,16 @@ log = logging.getLogger(__name__)
 
 
 class _JsonErrorHandler(RequestHandler):
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # A body the client sent undecodable (a false Content-Encoding) and
+        # the handler left unread fails again when aiohttp drains it: the
+        # client's error, not the server's, and no traceback for the log.
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError | HttpProcessingError):
+            log.warning("dropped a request body: %s", type(exc).__name__)
+            return
+        super().log_exception(*args, **kw)
+
     def handle_error(
         self,
         request: BaseRequest,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from store.base import Store
-from store.errors import DuplicateError, StoreError, StoreUnavailable
+from store.errors import DuplicateError, StoreBusy, StoreError, StoreUnavailable
 from store.models import (
     CSC,
     RP,
@@ -40,6 +40,7 @@ __all__ = [
     "RequestState",
     "SignatureRequest",
     "Store",
+    "StoreBusy",
     "StoreError",
     "StoreUnavailable",
     "User",

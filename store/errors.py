@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DuplicateError", "StoreError", "StoreUnavailable"]
+__all__ = ["DuplicateError", "StoreBusy", "StoreError", "StoreUnavailable"]
 
 
 class StoreError(Exception):
@@ -15,3 +15,7 @@ class DuplicateError(StoreError):
 
 class StoreUnavailable(StoreError):
     """The backing database cannot be reached right now."""
+
+
+class StoreBusy(StoreUnavailable):
+    """A record stayed in another process's hands too long; try again."""

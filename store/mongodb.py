@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import weakref
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -86,7 +87,7 @@ from store._rules import (
 )
 from store.audit import GENESIS_HASH, canonical_json, chain_hash
 from store.base import Store
-from store.errors import DuplicateError, StoreError, StoreUnavailable
+from store.errors import DuplicateError, StoreBusy, StoreError, StoreUnavailable
 from store.models import (
     CSC,
     RP,
@@ -114,10 +115,14 @@ SCHEMA_VERSION = 1
 # that is still at work.
 MOVE_GRACE = timedelta(seconds=30)
 
-# How often a move re-reads a request another caller is moving, and the
-# pause before each try (times the attempt number).
-_MOVE_ATTEMPTS = 12
+# How long a move waits for another process's move of the same request
+# before it gives up with StoreBusy, and the longest pause between tries.
+# (Moves from this process wait their turn on a lock instead.)
+_MOVE_WAIT = 15.0
 _MOVE_BACKOFF = 0.005
+_MOVE_BACKOFF_MAX = 0.05
+# Attempts of other retry loops (activation codes).
+_MOVE_ATTEMPTS = 12
 
 # Expired single-use values are deleted once every this many use_once()
 # calls, whether or not the server has TTL indexes.
@@ -159,7 +164,9 @@ class MongoStore(Store):
     """The MongoDB backend.
 
     ``finished_retention`` is how long a final request is kept; it sets the
-    TTL of finished requests where TTL indexes exist.
+    TTL of finished requests where TTL indexes exist. ``move_wait`` is how
+    long a change waits for another process's change of the same request
+    before it gives up with ``StoreBusy``.
     """
 
     def __init__(
@@ -169,6 +176,7 @@ class MongoStore(Store):
         database: str = "sigil",
         finished_retention: timedelta = timedelta(hours=1),
         server_selection_timeout: float = 3.0,
+        move_wait: float = _MOVE_WAIT,
     ) -> None:
         if not database:
             raise ValueError("MongoDB database name is empty")
@@ -177,9 +185,13 @@ class MongoStore(Store):
         self._database_name = database
         self._retention = finished_retention
         self._selection_timeout = server_selection_timeout
+        self._move_wait = move_wait
         self._client: AsyncMongoClient[Doc] | None = None
         self._db: AsyncDatabase[Doc] | None = None
         self._append_lock = asyncio.Lock()
+        self._move_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._use_once_calls = 0
         self.capabilities: frozenset[str] = frozenset()
 
@@ -720,8 +732,25 @@ class MongoStore(Store):
         """Move one request (see the module docstring); ``decide`` looks at
         the current document and gives the fields to set, or ``None`` when
         the move does not apply to it. Returns the moved document."""
+        lock = self._move_locks.get(request_id)
+        if lock is None:
+            lock = self._move_locks[request_id] = asyncio.Lock()
+        # Callers of this process take turns, so they never race each other
+        # for a claim; the claim then only arbitrates between processes.
+        async with lock:
+            return await self._move_claimed(request_id, decide, audit)
+
+    async def _move_claimed(
+        self,
+        request_id: str,
+        decide: Callable[[Doc], Doc | None],
+        audit: Doc | None,
+    ) -> Doc | None:
         requests, moves = self._col("requests"), self._col("request_moves")
-        for attempt in range(_MOVE_ATTEMPTS):
+        deadline = asyncio.get_running_loop().time() + self._move_wait
+        attempt = 0
+        while True:
+            attempt += 1
             with _translated():
                 doc = await requests.find_one({"_id": request_id})
             if doc is None:
@@ -744,8 +773,15 @@ class MongoStore(Store):
                 try:
                     await moves.insert_one(move)
                 except DuplicateKeyError:
-                    # Another caller holds this version: wait for its write.
-                    await asyncio.sleep(_MOVE_BACKOFF * (attempt + 1))
+                    # Another process holds this version: wait for its write.
+                    if asyncio.get_running_loop().time() > deadline:
+                        logger.warning(
+                            "request %s is held by an unfinished move", request_id
+                        )
+                        raise StoreBusy(
+                            "the request is being changed by another call"
+                        ) from None
+                    await asyncio.sleep(min(_MOVE_BACKOFF * attempt, _MOVE_BACKOFF_MAX))
                     continue
                 moved = await requests.find_one_and_update(
                     {"_id": request_id, "version": version},
@@ -764,8 +800,6 @@ class MongoStore(Store):
                     request_id,
                 )
             return moved
-        logger.warning("request %s is held by an unfinished move", request_id)
-        return None
 
     async def _finish_move(self, move: Doc) -> None:
         """Append the move's audit record unless already done; mark it done."""

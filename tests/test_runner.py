@@ -75,3 +75,25 @@ async def test_good_request_is_served(port: int) -> None:
 
     assert answer.startswith(b"HTTP/1.1 200")
     assert answer.endswith(b'{"ok": true}')
+
+
+@pytest.mark.parametrize("encoding", [b"gzip", b"deflate"])
+async def test_body_that_does_not_decode_gets_json_without_a_traceback(
+    port: int, caplog: pytest.LogCaptureFixture, encoding: bytes
+) -> None:
+    body = b'{"not": "compressed"}'
+    answer = await _raw(
+        port,
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Encoding: "
+        + encoding
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+        + body,
+    )
+
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] in (b"200", b"400")  # the handler never reads it
+    assert all(r.exc_info is None for r in caplog.records)
+    if head.split(b" ")[1] == b"400":
+        assert b'"error_description"' in payload
