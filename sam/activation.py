@@ -39,6 +39,7 @@ from sam.errors import (
     DecisionMismatch,
     DeviceRevoked,
     DisplayTextMismatch,
+    ExtensionRefused,
     ForeignDevice,
     HashAlreadySigned,
     HashMismatch,
@@ -92,8 +93,10 @@ _THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
 MAX_CLOCK_SKEW = timedelta(seconds=60)
 MAX_SAD_LIFETIME = 300
 
-# How long an approved CSC authorisation may be spent by default.
+# How long an approved CSC authorisation may be spent by default, and how
+# long after it was asked for extensions may keep it alive at most.
 AUTHORISATION_LIFETIME = timedelta(minutes=5)
+AUTHORISATION_MAX_SPAN = timedelta(hours=1)
 
 
 def _utcnow() -> datetime:
@@ -348,7 +351,10 @@ class SignatureActivationModule:
         now = self._clock()
         updates: dict[str, Any] = {"sad_digest": digest}
         if request.kind == CSC:
-            updates["authorized_until"] = now + self._authorisation_lifetime
+            updates["authorized_until"] = min(
+                now + self._authorisation_lifetime,
+                request.created_at + AUTHORISATION_MAX_SPAN,
+            )
         approved = await self._store.transition(
             request.request_id,
             from_states=(RequestState.PENDING,),
@@ -463,6 +469,9 @@ class SignatureActivationModule:
             raise InvalidAuthorisation("the SAD is not valid for this credential")
         if request.state is RequestState.SIGNED:
             raise AuthorisationSpent("every signature of this SAD has been made")
+        if request.state is RequestState.CANCELLED:
+            # e.g. the approving phone was revoked (server.enrolment).
+            raise InvalidAuthorisation("the authorisation was cancelled")
         if not token_matches(self._token_secret, token, request):
             # An older token of an extended authorisation lands here too.
             raise InvalidAuthorisation("the SAD is not valid for this credential")
@@ -484,8 +493,23 @@ class SignatureActivationModule:
             token, credential_id=credential_id, client_id=client_id
         )
         now = self._clock()
+        until = min(
+            now + self._authorisation_lifetime,
+            request.created_at + AUTHORISATION_MAX_SPAN,
+        )
+        if request.authorized_until is not None and until <= request.authorized_until:
+            raise ExtensionRefused("the SAD cannot be extended any further")
         extended = await self._store.extend_authorization(
-            request.request_id, until=now + self._authorisation_lifetime, now=now
+            request.request_id,
+            until=until,
+            now=now,
+            audit=AuditEvent(
+                "sad.extended",
+                actor=f"client:{client_id}",
+                subject=f"request:{request.request_id}",
+                outcome="success",
+                details={"until": until.isoformat()},
+            ),
         )
         if extended is None:
             raise AuthorisationExpired("the SAD has expired")

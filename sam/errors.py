@@ -21,6 +21,7 @@ __all__ = [
     "DecisionMismatch",
     "DeviceRevoked",
     "DisplayTextMismatch",
+    "ExtensionRefused",
     "ForeignDevice",
     "HashAlreadySigned",
     "HashMismatch",
@@ -204,3 +205,9 @@ class SignAlgorithmMismatch(ActivationError):
     """The signature algorithm does not fit the key or the approved hash."""
 
     code = "sign_algorithm_mismatch"
+
+
+class ExtensionRefused(ActivationError):
+    """An authorisation lives at most a fixed span after it was asked for."""
+
+    code = "extension_refused"

@@ -34,7 +34,6 @@ from server.errors import ApiError
 from store import (
     AuditRecord,
     Client,
-    DeviceStatus,
     DuplicateError,
     RequestState,
     Store,
@@ -387,19 +386,17 @@ async def cmd_device_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_device_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from server.enrolment import revoke_device
+
     async with _opened_store(settings) as store:
-        device = await store.set_device_status(args.device_id, DeviceStatus.REVOKED)
-        if device is None:
-            print(f"error: no device {args.device_id}", file=sys.stderr)
-            return 2
-        await store.append_audit(
-            time=datetime.now(UTC),
-            event="device.revoked",
-            actor="operator",
-            subject=f"device:{args.device_id}",
-            outcome="success",
-        )
+        revoked = await revoke_device(store, args.device_id)
+    if revoked is None:
+        print(f"error: no device {args.device_id}", file=sys.stderr)
+        return 2
+    _, ended = revoked
     print(f"device {args.device_id} revoked")
+    if ended:
+        print(f"{ended} unspent CSC authorisation(s) of its signer ended")
     return 0
 
 

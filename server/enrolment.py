@@ -16,13 +16,25 @@ from datetime import UTC, datetime, timedelta
 from hsm import KeyType
 from sam.factors import POLICIES
 from server.errors import ApiError
-from store import ActivationCode, Client, DuplicateError, Store, User
+from store import (
+    CSC,
+    ActivationCode,
+    AuditEvent,
+    Client,
+    Device,
+    DeviceStatus,
+    DuplicateError,
+    RequestState,
+    Store,
+    User,
+)
 
 __all__ = [
     "IssuedCode",
     "activation_code_hash",
     "add_user",
     "issue_activation_code",
+    "revoke_device",
 ]
 
 
@@ -139,3 +151,46 @@ async def issue_activation_code(
         outcome="success",
     )
     return IssuedCode(code=code, expires_at=expires)
+
+
+async def revoke_device(
+    store: Store, device_id: str, *, actor: str = "operator"
+) -> tuple[Device, int] | None:
+    """Revoke a device for good, and end the signer's CSC authorisations
+    that are approved but not spent yet: a lost phone's approvals stop
+    counting at once. Returns the device and how many authorisations ended,
+    or ``None`` when there is no such device."""
+    device = await store.set_device_status(device_id, DeviceStatus.REVOKED)
+    if device is None:
+        return None
+    now = datetime.now(UTC)
+    await store.append_audit(
+        time=now,
+        event="device.revoked",
+        actor=actor,
+        subject=f"device:{device_id}",
+        outcome="success",
+    )
+    ended = 0
+    # TODO(revocation-paging): a signer with more than 1000 live CSC
+    # authorisations keeps the rest until they expire.
+    for request in await store.list_requests(
+        user_id=device.user_id, states=(RequestState.APPROVED,), limit=1000
+    ):
+        if request.kind != CSC:
+            continue
+        moved = await store.transition(
+            request.request_id,
+            from_states=(RequestState.APPROVED,),
+            to_state=RequestState.CANCELLED,
+            now=now,
+            updates={"error": "device_revoked"},
+            audit=AuditEvent(
+                "request.cancelled",
+                actor=actor,
+                subject=f"request:{request.request_id}",
+                outcome="device_revoked",
+            ),
+        )
+        ended += moved is not None
+    return device, ended

@@ -261,11 +261,16 @@ class Store(abc.ABC):
         )
 
     async def extend_authorization(
-        self, request_id: str, *, until: datetime, now: datetime
+        self,
+        request_id: str,
+        *,
+        until: datetime,
+        now: datetime,
+        audit: AuditEvent | None = None,
     ) -> SignatureRequest | None:
         """Let a live CSC authorisation be spent until ``until``."""
         return await self.update_request(
-            request_id, lambda r: extend_change(r, until, now), now=now
+            request_id, lambda r: extend_change(r, until, now), now=now, audit=audit
         )
 
     @abc.abstractmethod
