@@ -8,6 +8,7 @@ Any failure exits non-zero with the reason.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -237,8 +238,18 @@ async def run(document: Path, digest: bytes, home: Path) -> None:
         await _stop(server)
 
 
-def main() -> int:
-    document = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m rp_client.demo",
+        description="Start sigil serve and a simulated phone, enrol the phone, "
+        "sign the SHA-256 of DOCUMENT with the phone's approval and verify the "
+        "signature. Uses the initialised home in $SIGIL_HOME (./var); "
+        "`make demo` runs it.",
+    )
+    parser.add_argument(
+        "document", nargs="?", default="README.md", help="file to sign (README.md)"
+    )
+    document = Path(parser.parse_args(argv).document)
     home = Path(os.environ.get("SIGIL_HOME", "var")).resolve()
     started = time.monotonic()
     try:

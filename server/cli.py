@@ -548,6 +548,9 @@ async def cmd_audit_checkpoint(args: argparse.Namespace, settings: Settings) -> 
 async def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
     async with _opened_store(settings) as store:
         records = await store.audit_records(after_seq=args.after, limit=args.limit)
+        more = bool(records) and bool(
+            await store.audit_records(after_seq=records[-1].seq, limit=1)
+        )
     _print_table(
         [
             {
@@ -562,6 +565,8 @@ async def cmd_audit_list(args: argparse.Namespace, settings: Settings) -> int:
         ],
         ["seq", "time", "event", "actor", "subject", "outcome"],
     )
+    if more:
+        print(f"(more records follow: --after {records[-1].seq})")
     return 0
 
 
@@ -783,9 +788,11 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint", help="sign the audit trail so far with the HSM's audit key"
     )
     p.set_defaults(func=cmd_audit_checkpoint)
-    p = audit.add_parser("list", help="show audit records")
+    p = audit.add_parser("list", help="show audit records, oldest first")
     p.add_argument("--after", type=int, default=0, help="start after this record")
-    p.add_argument("--limit", type=_positive, default=100)
+    p.add_argument(
+        "--limit", type=_positive, default=100, help="show at most this many (100)"
+    )
     p.set_defaults(func=cmd_audit_list)
 
     p = sub.add_parser("verify", help="verify a detached signature over a file")
