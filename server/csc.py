@@ -54,6 +54,7 @@ RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
 RSASSA_PSS = "1.2.840.113549.1.1.10"
 _CURVES = {KeyType.EC_P256: "1.2.840.10045.3.1.7", KeyType.EC_P384: "1.3.132.0.34"}
 _MGF1 = "1.2.840.113549.1.1.8"
+_PSS_HASHES = {alg.oid: alg for alg in HashAlg}
 
 
 def key_algorithms(key_type: KeyType) -> list[str]:
@@ -119,25 +120,52 @@ def _hash_from_oid(oid: str) -> HashAlg:
 
 
 def _pss_params(params: str, key_type: KeyType) -> tuple[HashAlg, int]:
-    """Hash and salt length from base64 DER RSASSA-PSS-params (RFC 4055)."""
+    """Hash and salt length from base64 DER RSASSA-PSS-params (RFC 4055).
+
+    Only strict DER: what asn1crypto would encode again byte for byte (no
+    trailing bytes, no indefinite lengths, minimal integers, defaults
+    left out), and hash identifiers whose parameters are absent or NULL.
+    Anything else is refused, so that no two readers see different params.
+    """
     try:
-        parsed = algos.RSASSAPSSParams.load(base64.b64decode(params, validate=True))
-        hash_oid = parsed["hash_algorithm"]["algorithm"].dotted
+        raw = base64.b64decode(params, validate=True)
+        parsed = algos.RSASSAPSSParams.load(raw, strict=True)
+        if parsed.dump(force=True) != raw:
+            raise ValueError("not DER")
+        hash_id = parsed["hash_algorithm"]
         mgf = parsed["mask_gen_algorithm"]
-        mgf_hash = mgf["parameters"]["algorithm"].dotted
+        if mgf["algorithm"].dotted != _MGF1:
+            raise ValueError("not MGF1")
+        mgf_hash_id = mgf["parameters"]
+        if not (_null_or_absent(hash_id) and _null_or_absent(mgf_hash_id)):
+            raise ValueError("hash parameters other than NULL")
+        hash_oid = hash_id["algorithm"].dotted
+        mgf_hash = mgf_hash_id["algorithm"].dotted
         salt = int(parsed["salt_length"].native)
         trailer = parsed["trailer_field"].native
-        mgf_oid = mgf["algorithm"].dotted
-    except (ValueError, TypeError, KeyError, binascii.Error) as e:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        binascii.Error,
+    ) as e:
+        # AttributeError: asn1crypto fails so on some unknown MGF identifiers.
         raise CscError("Invalid parameter signAlgoParams") from e
-    hash_alg = _hash_from_oid(hash_oid)
     # One hash for the message and MGF1, as PKCS#11's CKM_RSA_PKCS_PSS takes it.
-    if mgf_oid != _MGF1 or mgf_hash != hash_oid or trailer != "trailer_field_bc":
+    hash_alg = _PSS_HASHES.get(hash_oid)
+    if hash_alg is None or mgf_hash != hash_oid or trailer != "trailer_field_bc":
         raise CscError("Invalid parameter signAlgoParams")
     em_len = (key_type.bits - 1 + 7) // 8
     if not 0 <= salt <= em_len - hash_alg.digest_size - 2:
         raise CscError("Invalid parameter signAlgoParams")
     return hash_alg, salt
+
+
+def _null_or_absent(identifier: algos.DigestAlgorithm) -> bool:
+    """An AlgorithmIdentifier of a hash: its parameters absent or NULL."""
+    return identifier["parameters"].dump() in (b"", b"\x05\x00")
 
 
 def _der_time(when: datetime) -> str:

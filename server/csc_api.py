@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from jsonschema import Draft202012Validator, ValidationError
+from jsonschema import Draft202012Validator, ValidationError, validators
 
 from hsm import HashAlg, KeyType
 from sam import (
@@ -46,6 +46,7 @@ from sam import (
     TooManySignatures,
 )
 from sam.factors import FactorRefused
+from server.config import Settings
 from server.csc import CscError, credential_info, sign_algorithm
 from server.errors import ApiError
 from server.service import Service
@@ -160,7 +161,19 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         },
     },
 }
-_VALIDATORS = {name: Draft202012Validator(s) for name, s in _SCHEMAS.items()}
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    # JSON Schema counts 1.0 as an integer; the CSC API does not, and a
+    # count of signatures must not reach the phone as "1.0".
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator: type[Draft202012Validator] = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
+_VALIDATORS = {name: _Validator(s) for name, s in _SCHEMAS.items()}
 _TYPE_WORDS = {"array": "array", "integer": "integer", "boolean": "boolean"}
 
 # What a refusal of the SAM is called in the CSC API.
@@ -173,6 +186,15 @@ _SPEND_ERRORS: dict[type[ActivationError], str] = {
     TooManySignatures: "Numbers of signatures is too high",
     SignAlgorithmMismatch: "Invalid parameter signAlgo",
     CredentialUnusable: "The credential identified by credentialID is disabled",
+}
+
+# The authData id each second-factor policy asks for (None: no factor), and
+# why any other id is refused.
+_ASKED = {"none": None, "pin": "PIN", "totp": "OTP"}
+_UNASKED = {
+    "none": "the signer's policy asks for no PIN or OTP",
+    "pin": "the signer's policy asks for a PIN, not an OTP",
+    "totp": "the signer's policy asks for an OTP, not a PIN",
 }
 
 Handler = Callable[[web.Request, Service, Client, dict[str, Any], int], Awaitable[Any]]
@@ -335,6 +357,38 @@ def _hash_alg(oid: str | None) -> HashAlg | None:
     raise CscError("Invalid parameter hashAlgorithmOID")
 
 
+def _auth_data(body: dict[str, Any]) -> dict[str, str | None]:
+    """``authData`` (or v1.0.4 ``PIN``/``OTP``) by id: each id known, once."""
+    given: dict[str, str | None] = {}
+    for item in body.get("authData", []):
+        name = item["id"]
+        if name not in ("PIN", "OTP"):
+            raise CscError("Invalid parameter authData")
+        if name in given:
+            raise CscError(f"Invalid parameter authData: {name} is given twice")
+        given[name] = item.get("value")
+    return given
+
+
+def _check_asked(user: User, given: dict[str, str | None]) -> None:
+    """Refuse a PIN or OTP the signer's policy does not ask for, as the
+    device API does: it is checked nowhere, so it must not seem accepted."""
+    policy = user.second_factor
+    for name in given:
+        if name != _ASKED.get(policy):
+            reason = _UNASKED.get(policy, "the signer's policy asks for no such data")
+            raise CscError(f"Invalid parameter {name}: {reason}")
+
+
+def _public_url(settings: Settings) -> str:
+    """Where clients reach this server: ``server.public_url``, else the
+    address it listens on; never the request's Host header."""
+    if settings.public_url:
+        return settings.public_url
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}"
+
+
 def _seconds_left(until: datetime | None) -> int:
     if until is None:
         return 0
@@ -352,16 +406,14 @@ async def _info(
     body: dict[str, Any],
     version: int,
 ) -> dict[str, Any]:
-    base = f"{request.scheme}://{request.host}"
     return {
         "specs": _SPECS[version],
         "name": "Sigil",
-        "logo": f"{base}/csc/logo.png",
         "region": "EU",
         "lang": "en-US",
         "description": "Remote signing with approval on the signer's phone",
         "authType": ["oauth2client"],
-        "oauth2": base,
+        "oauth2": _public_url(service.settings),
         "methods": _METHODS,
     }
 
@@ -438,6 +490,7 @@ async def _authorize(
     body: dict[str, Any],
     version: int,
 ) -> web.Response:
+    given = _auth_data(body)
     credential, user = await _credential(service, client, body["credentialID"])
     if credential.status != "active":
         raise CscError("The credential identified by credentialID is disabled")
@@ -458,7 +511,7 @@ async def _authorize(
             "of hashes"
         )
 
-    given = {item["id"]: item.get("value") for item in body.get("authData", [])}
+    _check_asked(user, given)
     try:
         await service.factors.check(
             user, pin=given.get("PIN"), otp=given.get("OTP"), now=datetime.now(UTC)

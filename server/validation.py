@@ -281,6 +281,16 @@ _MISLEADING = re.compile(
 # signed does without them.
 _HIDDEN = frozenset({"Cc", "Cf", "Co", "Cs", "Zl", "Zp"})
 
+# Letters that show as nothing: the Hangul fillers and the blank braille
+# pattern. With unassigned code points and non-characters (category Cn, as
+# this Python's Unicode tables know them) they make text look shorter,
+# emptier or other than it is.
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Combining marks (Mn, Me) in a row: enough for any script's accents and
+# vowel signs, too few to stack marks over other lines ("Zalgo" text).
+_MAX_MARKS = 4
+_MARKS = frozenset({"Mn", "Me"})
+
 
 def _check_text(value: Any, where: str) -> None:
     """Refuse strings a signer could be misled by, and ones that are not
@@ -295,6 +305,8 @@ def _check_text(value: Any, where: str) -> None:
                 "invalid_request",
                 f"{where} contains control, surrogate or direction characters",
             )
+        if not value.isascii():
+            _check_letters(value, where)
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_text(key, where)
@@ -304,3 +316,25 @@ def _check_text(value: Any, where: str) -> None:
             _check_text(item, f"{where}[{index}]")
     elif isinstance(value, float) and not math.isfinite(value):
         raise ApiError(400, "invalid_request", f"{where} is not a finite number")
+
+
+def _check_letters(value: str, where: str) -> None:
+    """Refuse unassigned, non-character and blank filler code points, and
+    more than ``_MAX_MARKS`` combining marks in a row."""
+    marks = 0
+    for c in value:
+        category = unicodedata.category(c)
+        if category == "Cn" or c in _BLANK:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"{where} contains unassigned, non-character or blank filler "
+                "characters",
+            )
+        marks = marks + 1 if category in _MARKS else 0
+        if marks > _MAX_MARKS:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"{where} contains more than {_MAX_MARKS} combining marks in a row",
+            )

@@ -10,6 +10,7 @@ import pytest
 
 from mobile_stub import Policy
 from tests.conftest_server import EnrolFactory, Sigil, sha256
+from tests.csc_client import CscClient
 
 GOOD_HASH = base64.b64encode(sha256(b"doc")).decode()
 
@@ -102,6 +103,31 @@ REQUEST_CASES: list[tuple[str, Any, int, str]] = [
     ),
 ]
 
+# Text the phone would show as something other than it is: unassigned code
+# points and non-characters, letters that show as nothing, stacked marks.
+MISLEADING_TEXT: list[tuple[str, str, str]] = [
+    ("a non-character", "Pay\uffff 10", "non-character"),
+    ("a non-character of the last plane", "Pay\U0010ffff 10", "non-character"),
+    ("an unassigned code point", "Pay\u0378 10", "non-character"),
+    ("a Hangul choseong filler", "Pay\u115f 10", "blank filler"),
+    ("a Hangul jungseong filler", "Pay\u1160 10", "blank filler"),
+    ("a Hangul filler", "Pay\u3164 10", "blank filler"),
+    ("a halfwidth Hangul filler", "Pay\uffa0 10", "blank filler"),
+    ("a blank braille pattern", "Pay\u2800 10", "blank filler"),
+    ("only blank fillers", "\u3164\u3164", "blank filler"),
+    ("five stacked combining marks", "Pay 1" + "\u0301" * 5 + "0", "combining"),
+    (
+        "stacked marks of several kinds",
+        "Pay 1\u0301\u0302\u0303\u0304\u0305\u0306 EUR",
+        "combining",
+    ),
+    ("five enclosing marks", "OK" + "\u20dd" * 5, "combining"),
+]
+REQUEST_CASES += [
+    (f"display text with {case}", {"display_text": text}, 400, "invalid_request")
+    for case, text, _ in MISLEADING_TEXT
+]
+
 
 def _body(user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -165,6 +191,56 @@ async def test_display_text_in_other_scripts_is_welcome(
         )
         assert status == 201, body
         assert body["display_text"] == text
+
+
+async def test_display_text_with_a_few_combining_marks_is_welcome(
+    sigil: Sigil, enrol: EnrolFactory
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+
+    for text in (
+        "Ky\u0301 ho\u031b\u0323p \u0111o\u0302\u0300ng",  # Vietnamese, decomposed
+        "हस्ताक्षर करें",
+        "e" + "\u0301" * 4,
+        "\u05e9\u05c1\u05b8\u0591\u05b9",  # Hebrew: letter, points, accent
+    ):
+        status, body = await sigil.rp.call(
+            "POST",
+            "/api/v1/signature-requests",
+            _body(user.user_id, {"display_text": text}),
+        )
+        assert status == 201, (text, body)
+        assert body["display_text"] == text
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "words"),
+    MISLEADING_TEXT,
+    ids=[c[0] for c in MISLEADING_TEXT],
+)
+async def test_misleading_csc_description_is_refused(
+    sigil: Sigil, enrol: EnrolFactory, case: str, text: str, words: str
+) -> None:
+    user = await enrol(policy=Policy.SILENT)
+    csc = CscClient(sigil.url, sigil.rp.api_key, sigil.session, 2)
+    body = {
+        "credentialID": user.credential_id,
+        "numSignatures": 1,
+        "hashes": [GOOD_HASH],
+        "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1",
+    }
+
+    status, answer = await csc.call(
+        "credentials/authorize", {**body, "description": text}
+    )
+
+    assert (status, answer["error"]) == (400, "invalid_request"), answer
+    assert answer["error_description"].startswith("body.description contains")
+    assert words in answer["error_description"]
+    assert await _request_count(sigil) == 0
+    # The same without the description is authorised.
+    status, _ = await csc.call("credentials/authorize", body)
+    assert status == 202
 
 
 RAW_CASES: list[tuple[str, str, str, bytes, dict[str, str], int, str]] = [

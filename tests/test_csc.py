@@ -16,8 +16,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from hsm import HashAlg, KeyType
 from mobile_stub import Policy, SimulatedPhone
 from server.config import ConfigError, load_settings
+from server.csc import CscError, sign_algorithm
 from store import User
 from tests.conftest_server import EnrolFactory, Enrolled, Sigil, sha256
 from tests.csc_client import CscClient
@@ -55,13 +57,85 @@ def verify_ecdsa(certificate_b64: str, signature_b64: str, digest: bytes) -> Non
     )
 
 
-async def test_info_names_the_methods_and_the_token_endpoint(csc: CscClient) -> None:
+async def test_info_names_the_methods_and_the_token_endpoint(
+    csc: CscClient, sigil: Sigil
+) -> None:
     info = await csc.ok("info", {})
+    # The Host header is the client's to choose: info never repeats it.
+    async with sigil.session.post(
+        f"{csc.base_url}/csc/v{csc.version}/info",
+        json={},
+        headers={"Host": "evil.example"},
+    ) as response:
+        spoofed = await response.json()
 
     assert info["specs"].startswith("2." if csc.version == 2 else "1.0.4")
     assert "signatures/signHash" in info["methods"]
     assert info["authType"] == ["oauth2client"]
-    assert info["oauth2"] == csc.base_url
+    # Without server.public_url, the address the server listens on.
+    listening = f"http://{sigil.settings.host}:{sigil.settings.port}"
+    assert info["oauth2"] == listening
+    assert spoofed == info
+    assert "logo" not in info
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"public_url": "https://sign.example.com"}]
+)
+async def test_info_names_the_configured_public_url(csc: CscClient) -> None:
+    info = await csc.ok("info", {})
+
+    assert info["oauth2"] == "https://sign.example.com"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://sign.example.com", "https://sign.example.com"),
+        ("https://sign.example.com/", "https://sign.example.com"),
+        ("http://[::1]:8443", "http://[::1]:8443"),
+        ("", None),
+    ],
+)
+def test_public_url_is_read_from_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, expected: str | None
+) -> None:
+    monkeypatch.delenv("SIGIL_CONFIG", raising=False)
+    monkeypatch.delenv("SIGIL_PUBLIC_URL", raising=False)
+    (tmp_path / "sigil.toml").write_text(
+        f'[server]\npublic_url = "{value}"\n', encoding="utf-8"
+    )
+    assert load_settings(tmp_path).public_url == expected
+
+    monkeypatch.setenv("SIGIL_PUBLIC_URL", "https://env.example.com:8443")
+    assert load_settings(tmp_path).public_url == "https://env.example.com:8443"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sign.example.com",
+        "ftp://sign.example.com",
+        "https://sign.example.com/csc",
+        "https://sign.example.com?x=1",
+        "https://sign.example.com#top",
+        "https://user:secret@sign.example.com",
+        "https://sign.example.com:99999",
+        "https://",
+        "https://sign.example.com\\t",
+    ],
+)
+def test_public_url_that_is_not_a_bare_http_url_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.delenv("SIGIL_CONFIG", raising=False)
+    monkeypatch.delenv("SIGIL_PUBLIC_URL", raising=False)
+    (tmp_path / "sigil.toml").write_text(
+        f'[server]\npublic_url = "{value}"\n', encoding="utf-8"
+    )
+
+    with pytest.raises(ConfigError, match=r"server\.public_url"):
+        load_settings(tmp_path)
 
 
 async def test_credentials_are_listed_and_described(
@@ -290,6 +364,15 @@ async def test_unknown_or_foreign_credential_is_refused(
             "Missing (or invalid type) integer parameter numSignatures",
         ),
         ({"credentialID": "c", "numSignatures": 0}, "Invalid parameter numSignatures"),
+        # JSON Schema counts 1.0 as an integer; the CSC API does not.
+        (
+            {"credentialID": "c", "numSignatures": 1.0},
+            "Missing (or invalid type) integer parameter numSignatures",
+        ),
+        (
+            {"credentialID": "c", "numSignatures": True},
+            "Missing (or invalid type) integer parameter numSignatures",
+        ),
     ],
 )
 async def test_malformed_authorize_gets_the_specs_words(
@@ -301,6 +384,38 @@ async def test_malformed_authorize_gets_the_specs_words(
         400,
         {"error": "invalid_request", "error_description": description},
     )
+
+
+async def test_integer_fields_given_as_floats_are_refused(
+    csc: CscClient, enrol: EnrolFactory, sigil: Sigil
+) -> None:
+    user = await enrol()
+    name = "hashes" if csc.version == 2 else "hash"
+
+    status, listed = await csc.call("credentials/list", {"maxResults": 1.0})
+    assert (status, listed["error_description"]) == (
+        400,
+        "Missing (or invalid type) integer parameter maxResults",
+    )
+    status, answer = await csc.call(
+        "credentials/authorize",
+        {
+            "credentialID": user.credential_id,
+            "numSignatures": 1.0,
+            name: [base64.b64encode(DOCS[0]).decode()],
+        },
+    )
+    assert (status, answer) == (
+        400,
+        {
+            "error": "invalid_request",
+            "error_description": (
+                "Missing (or invalid type) integer parameter numSignatures"
+            ),
+        },
+    )
+    assert await sigil.store.list_requests(user_id=user.user_id) == []
+    assert (await csc.ok("credentials/list", {"maxResults": 1}))["credentialIDs"]
 
 
 async def test_authorize_checks_hashes_and_their_count(
@@ -333,9 +448,115 @@ async def test_authorize_checks_hashes_and_their_count(
         assert answer["error_description"].startswith(description), answer
 
 
+def _der(tag: int, *contents: bytes) -> bytes:
+    """A DER TLV (short or long definite length) for the tests' PSS params."""
+    body = b"".join(contents)
+    if len(body) < 0x80:
+        return bytes([tag, len(body)]) + body
+    size = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+_SHA256_OID = bytes.fromhex("0609608648016503040201")
+_MGF1_OID = bytes.fromhex("06092a864886f70d010108")
+_NULL = b"\x05\x00"
+
+
+def _pss(
+    hash_params: bytes = b"",
+    mgf_hash_params: bytes = b"",
+    salt: bytes = b"\x00\xde",
+    *,
+    hash_oid: bytes = _SHA256_OID,
+    after: bytes = b"",
+) -> bytes:
+    """RSASSA-PSS-params: SHA-256 (or ``hash_oid``), MGF1 with SHA-256, the
+    salt INTEGER's content octets, and ``after`` inside the SEQUENCE."""
+    return _der(
+        0x30,
+        _der(0xA0, _der(0x30, hash_oid, hash_params)),
+        _der(0xA1, _der(0x30, _MGF1_OID, _der(0x30, _SHA256_OID, mgf_hash_params))),
+        _der(0xA2, _der(0x02, salt)),
+        after,
+    )
+
+
+# What pyHanko sends for RSA-2048: SHA-256 with explicit NULL parameters.
+PYHANKO_PSS = (
+    "MDWgDzANBglghkgBZQMEAgEFAKEcMBoGCSqGSIb3DQEBCDANBglghkgBZQMEAgEFAKIEAgIA3g=="
+)
+
+
+def test_pss_params_of_pyhanko_and_without_null_parameters_are_accepted() -> None:
+    assert base64.b64decode(PYHANKO_PSS) == _pss(_NULL, _NULL)
+    for raw in (_pss(_NULL, _NULL), _pss(), _pss(_NULL, b""), _pss(salt=b"\x20")):
+        algorithm = sign_algorithm(
+            KeyType.RSA_2048, RSA_PSS, base64.b64encode(raw).decode(), SHA256
+        )
+        assert algorithm.hash_alg is HashAlg.SHA256
+        assert algorithm.pss_salt_length == (32 if raw.endswith(b"\x20") else 222)
+
+
+_SHA1_OID = bytes.fromhex("06052b0e03021a")
+_INDEFINITE = bytes([0x30, 0x80]) + _pss()[2:] + b"\x00\x00"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _pss() + b"\x00",  # trailing bytes after the SEQUENCE
+        _pss(_NULL, _NULL) + _NULL,
+        _INDEFINITE,  # BER indefinite length
+        _pss(salt=b""),  # a zero-length INTEGER
+        _pss(salt=b"\x00\x00\xde"),  # an INTEGER of more octets than needed
+        _pss(b"\x02\x01\x05"),  # an INTEGER as the hash's parameters
+        _pss(b"\x04\x00"),  # an OCTET STRING as the hash's parameters
+        _pss(mgf_hash_params=b"\x02\x01\x05"),  # the same in MGF1's hash
+        _pss(mgf_hash_params=b"\x30\x00"),
+        _pss(b"\x05\x01\x00"),  # a NULL that is not empty
+        _pss(after=_der(0xA3, _der(0x02, b"\x01"))),  # the default trailer, sent
+        _pss(hash_oid=_SHA1_OID),
+        b"\x30\x00",  # every field at its default: SHA-1
+        b"\x30",
+        b"",
+    ],
+    ids=[
+        "trailing bytes",
+        "trailing NULL",
+        "indefinite length",
+        "empty INTEGER",
+        "long INTEGER",
+        "INTEGER parameters",
+        "OCTET STRING parameters",
+        "INTEGER parameters of the MGF1 hash",
+        "SEQUENCE parameters of the MGF1 hash",
+        "non-empty NULL",
+        "explicit default trailer",
+        "SHA-1 and MGF1 with SHA-256",
+        "empty SEQUENCE",
+        "truncated",
+        "nothing",
+    ],
+)
+@pytest.mark.parametrize("hash_oid", [None, SHA256])
+def test_pss_params_that_are_not_strict_der_are_refused(
+    raw: bytes, hash_oid: str | None
+) -> None:
+    params = base64.b64encode(raw).decode() or "===="
+
+    with pytest.raises(CscError) as refused:
+        sign_algorithm(KeyType.RSA_2048, RSA_PSS, params, hash_oid)
+
+    assert refused.value.description == "Invalid parameter signAlgoParams"
+
+
 @pytest.mark.parametrize(
     ("key_algorithm", "sign_algo", "prefer"),
-    [("RSA-2048", RSA_SHA256, "pkcs1"), ("RSA-2048", RSA_PSS, "pss")],
+    [
+        ("RSA-2048", RSA_SHA256, "pkcs1"),
+        ("RSA-2048", RSA_PSS, "pss"),
+        ("RSA-2048", RSA_PSS, "pss-no-null"),
+    ],
 )
 async def test_rsa_signs_pkcs1_v1_5_and_pss(
     csc: CscClient, enrol: EnrolFactory, key_algorithm: str, sign_algo: str, prefer: str
@@ -346,9 +567,10 @@ async def test_rsa_signs_pkcs1_v1_5_and_pss(
     if prefer == "pss":
         # RSASSA-PSS-params: SHA-256, MGF1 with SHA-256, salt 222 (the most
         # RSA-2048 allows, as pyHanko asks), trailer 1.
-        extra["signAlgoParams"] = (
-            "MDWgDzANBglghkgBZQMEAgEFAKEcMBoGCSqGSIb3DQEBCDANBglghkgBZQMEAgEFAKIEAgIA3g=="
-        )
+        extra["signAlgoParams"] = PYHANKO_PSS
+    if prefer == "pss-no-null":
+        # The same in DER with the hash identifiers' parameters left out.
+        extra["signAlgoParams"] = base64.b64encode(_pss()).decode()
 
     status, answer = await csc.sign(
         user.credential_id, sad, DOCS[:1], sign_algo=sign_algo, **extra
@@ -362,7 +584,7 @@ async def test_rsa_signs_pkcs1_v1_5_and_pss(
     assert isinstance(key, rsa.RSAPublicKey)
     pad: padding.AsymmetricPadding = (
         padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=222)
-        if prefer == "pss"
+        if prefer.startswith("pss")
         else padding.PKCS1v15()
     )
     key.verify(
@@ -398,6 +620,46 @@ async def test_signhash_checks_the_algorithm(
     status, answer = await csc.sign(user.credential_id, sad, DOCS[:1], **extra)
 
     assert (status, answer["error_description"]) == (400, description)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        "",
+        "MAA=",
+        base64.b64encode(_INDEFINITE).decode(),
+        base64.b64encode(base64.b64decode(PYHANKO_PSS) + b"\x00").decode(),
+    ],
+    ids=["empty", "empty SEQUENCE", "indefinite length", "trailing bytes"],
+)
+async def test_signhash_refuses_pss_params_in_their_own_name(
+    csc: CscClient, enrol: EnrolFactory, params: str
+) -> None:
+    user = await enrol(key_algorithm="RSA-2048")
+    sad = await approved(csc, enrol, user, DOCS[:1])
+    name = "hashAlgorithmOID" if csc.version == 2 else "hashAlgo"
+
+    status, answer = await csc.sign(
+        user.credential_id,
+        sad,
+        DOCS[:1],
+        sign_algo=RSA_PSS,
+        signAlgoParams=params,
+        **{name: SHA256},
+    )
+
+    assert (status, answer) == (
+        400,
+        {
+            "error": "invalid_request",
+            "error_description": "Invalid parameter signAlgoParams",
+        },
+    )
+    # Nothing was spent: the same SAD signs with the right params.
+    status, _ = await csc.sign(
+        user.credential_id, sad, DOCS[:1], sign_algo=RSA_PSS, signAlgoParams=PYHANKO_PSS
+    )
+    assert status == 200
 
 
 async def test_both_spellings_of_a_field_are_refused(
@@ -523,6 +785,133 @@ async def test_totp_code_is_accepted_once(csc: CscClient, enrol: EnrolFactory) -
     )
 
     assert (status, answer["error"]) == (400, "invalid_authentication_data")
+
+
+def _authorize_body(csc: CscClient, credential_id: str) -> dict[str, Any]:
+    return {
+        "credentialID": credential_id,
+        "numSignatures": 1,
+        "hashes" if csc.version == 2 else "hash": [base64.b64encode(DOCS[0]).decode()],
+    }
+
+
+@pytest.mark.parametrize(
+    ("auth_data", "description"),
+    [
+        (
+            [{"id": "PIN", "value": "0000"}, {"id": "PIN", "value": "4711"}],
+            "Invalid parameter authData: PIN is given twice",
+        ),
+        (
+            [{"id": "PIN", "value": "4711"}, {"id": "PIN", "value": "4711"}],
+            "Invalid parameter authData: PIN is given twice",
+        ),
+        ([{"id": "PASSWORD", "value": "4711"}], "Invalid parameter authData"),
+        (
+            [{"id": "PIN", "value": "4711"}, {"id": "pin", "value": "4711"}],
+            "Invalid parameter authData",
+        ),
+    ],
+    ids=["PIN twice, last right", "PIN twice", "unknown id", "lower-case id"],
+)
+async def test_authdata_ids_must_be_known_and_given_once(
+    csc: CscClient,
+    enrol: EnrolFactory,
+    sigil: Sigil,
+    auth_data: list[dict[str, str]],
+    description: str,
+) -> None:
+    user = await enrol(second_factor="pin", pin="4711")
+
+    status, answer = await csc.call(
+        "credentials/authorize",
+        {**_authorize_body(csc, user.credential_id), "authData": auth_data},
+    )
+
+    assert (status, answer) == (
+        400,
+        {"error": "invalid_request", "error_description": description},
+    )
+    # Nothing was checked, nothing reached the phone.
+    assert await sigil.store.list_requests(user_id=user.user_id) == []
+    records = await sigil.store.audit_records(limit=1000)
+    assert not [r for r in records if r.event == "factor.checked"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "sent", "description"),
+    [
+        (
+            "none",
+            "PIN",
+            "Invalid parameter PIN: the signer's policy asks for no PIN or OTP",
+        ),
+        (
+            "none",
+            "OTP",
+            "Invalid parameter OTP: the signer's policy asks for no PIN or OTP",
+        ),
+        (
+            "pin",
+            "OTP",
+            "Invalid parameter OTP: the signer's policy asks for a PIN, not an OTP",
+        ),
+        (
+            "totp",
+            "PIN",
+            "Invalid parameter PIN: the signer's policy asks for an OTP, not a PIN",
+        ),
+    ],
+)
+async def test_a_factor_the_policy_does_not_ask_for_is_refused(
+    csc: CscClient,
+    enrol: EnrolFactory,
+    sigil: Sigil,
+    policy: str,
+    sent: str,
+    description: str,
+) -> None:
+    user = await enrol(
+        second_factor=policy, **({"pin": "4711"} if policy == "pin" else {})
+    )
+    value = "4711" if sent == "PIN" else "123456"
+
+    status, answer = await csc.call(
+        "credentials/authorize",
+        {**_authorize_body(csc, user.credential_id), **_factor(csc, sent, value)},
+    )
+
+    assert (status, answer) == (
+        400,
+        {"error": "invalid_request", "error_description": description},
+    )
+    assert await sigil.store.list_requests(user_id=user.user_id) == []
+
+
+async def test_the_asked_factor_with_another_one_is_refused(
+    csc: CscClient, enrol: EnrolFactory, sigil: Sigil
+) -> None:
+    user = await enrol(second_factor="pin", pin="4711")
+    both = (
+        {"PIN": "4711", "OTP": "123456"}
+        if csc.version == 1
+        else {
+            "authData": [
+                {"id": "PIN", "value": "4711"},
+                {"id": "OTP", "value": "123456"},
+            ]
+        }
+    )
+
+    status, answer = await csc.call(
+        "credentials/authorize", {**_authorize_body(csc, user.credential_id), **both}
+    )
+
+    assert (status, answer["error_description"]) == (
+        400,
+        "Invalid parameter OTP: the signer's policy asks for a PIN, not an OTP",
+    )
+    assert await sigil.store.list_requests(user_id=user.user_id) == []
 
 
 @pytest.mark.parametrize(
