@@ -512,6 +512,10 @@ async def _authorize(
         )
 
     _check_asked(user, given)
+    # TODO(factor-lockout-dos): the attempt slots are the signer's, shared by
+    # every relying app that may use the credential (operator-created users
+    # are shared), so one app's wrong PINs can lock the signer for all of
+    # them until the slots expire or the operator unlocks.
     try:
         await service.factors.check(
             user, pin=given.get("PIN"), otp=given.get("OTP"), now=datetime.now(UTC)
