@@ -388,25 +388,13 @@ class SignatureActivationModule:
                 raise CredentialUnusable("the credential cannot be used")
             hash_alg = HsmHashAlg.from_name(claims.hash_algorithm)
             mechanism = mechanism_for(credential.key_algorithm)
-            signatures: list[str] = []
-            for value in claims.hashes[: claims.num_signatures]:
-                digest = base64.b64decode(value, validate=True)
-                signature = await self._hsm.sign_digest(
-                    credential.key_id,
-                    digest,
-                    mechanism=mechanism,
-                    hash_alg=hash_alg,
-                    # The token must agree that this is the signer's key: a
-                    # credential record pointing at another key signs nothing.
-                    label=signing_key_label(credential.user_id),
-                )
-                signatures.append(base64.b64encode(signature).decode("ascii"))
-        except (HsmError, ValueError, CredentialUnusable) as e:
-            log.warning(
-                "signing failed for request %s: %s",
-                request.request_id,
-                type(e).__name__,
+            signatures = await self._hsm_sign(
+                credential,
+                claims.hashes[: claims.num_signatures],
+                hash_alg=hash_alg,
+                mechanism=mechanism,
             )
+        except (HsmError, ValueError, CredentialUnusable) as e:
             await self._store.transition(
                 request.request_id,
                 from_states=(RequestState.APPROVED,),
@@ -414,13 +402,7 @@ class SignatureActivationModule:
                 now=self._clock(),
                 updates={"error": SigningFailed.code},
             )
-            await self._audit(
-                "key.use",
-                actor="sam",
-                subject=f"credential:{request.credential_id}",
-                outcome=f"failure:{type(e).__name__}",
-                details={"request": request.request_id},
-            )
+            await self._signing_failed(request, e)
             raise SigningFailed("the HSM could not sign") from e
 
         signed = await self._store.transition(
@@ -567,31 +549,16 @@ class SignatureActivationModule:
             # Another call spent some of them, or time ran out, meanwhile.
             raise HashAlreadySigned("the hashes were spent by another call")
 
-        signatures: list[str] = []
         try:
-            for value in wanted:
-                signature = await self._hsm.sign_digest(
-                    credential.key_id,
-                    base64.b64decode(value, validate=True),
-                    mechanism=mechanism,
-                    hash_alg=hash_alg,
-                    pss_salt_length=pss_salt_length,
-                    label=signing_key_label(credential.user_id),
-                )
-                signatures.append(base64.b64encode(signature).decode("ascii"))
+            signatures = await self._hsm_sign(
+                credential,
+                wanted,
+                hash_alg=hash_alg,
+                mechanism=mechanism,
+                pss_salt_length=pss_salt_length,
+            )
         except (HsmError, ValueError) as e:
-            log.warning(
-                "signing failed for authorisation %s: %s",
-                request.request_id,
-                type(e).__name__,
-            )
-            await self._audit(
-                "key.use",
-                actor="sam",
-                subject=f"credential:{request.credential_id}",
-                outcome=f"failure:{type(e).__name__}",
-                details={"request": request.request_id},
-            )
+            await self._signing_failed(request, e)
             raise SigningFailed("the HSM could not sign") from e
 
         stored = await self._store.add_signatures(
@@ -616,6 +583,47 @@ class SignatureActivationModule:
             # are dropped, as the store no longer takes them.
             raise AuthorisationExpired("the SAD expired while signing")
         return signatures
+
+    async def _hsm_sign(
+        self,
+        credential: Credential,
+        hashes: Sequence[str],
+        *,
+        hash_alg: HsmHashAlg,
+        mechanism: SignMechanism,
+        pss_salt_length: int | None = None,
+    ) -> list[str]:
+        """Sign base64 digests with the credential's key; base64 results."""
+        signatures: list[str] = []
+        for value in hashes:
+            signature = await self._hsm.sign_digest(
+                credential.key_id,
+                base64.b64decode(value, validate=True),
+                mechanism=mechanism,
+                hash_alg=hash_alg,
+                pss_salt_length=pss_salt_length,
+                # The token must agree that this is the signer's key: a
+                # credential record pointing at another key signs nothing.
+                label=signing_key_label(credential.user_id),
+            )
+            signatures.append(base64.b64encode(signature).decode("ascii"))
+        return signatures
+
+    async def _signing_failed(
+        self, request: SignatureRequest, error: BaseException
+    ) -> None:
+        log.warning(
+            "signing failed for request %s: %s",
+            request.request_id,
+            type(error).__name__,
+        )
+        await self._audit(
+            "key.use",
+            actor="sam",
+            subject=f"credential:{request.credential_id}",
+            outcome=f"failure:{type(error).__name__}",
+            details={"request": request.request_id},
+        )
 
     # -- audit ---------------------------------------------------------------
 
