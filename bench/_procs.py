@@ -30,6 +30,7 @@ __all__ = [
     "cpu_seconds",
     "free_port",
     "peak_rss_kib",
+    "run_tool",
 ]
 
 BIN = Path(sys.executable).parent
@@ -220,3 +221,13 @@ class Child:
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(self._reader, 5)
         return self.process.returncode or 0
+
+
+async def run_tool(
+    argv: list[str], env: dict[str, str], what: str, *, limit: float = 120.0
+) -> None:
+    """Run a command to its end; ``ChildFailed`` unless it exits with 0."""
+    child = await Child.start(what, argv, env=env)
+    status = await child.finish(limit)
+    if status != 0:
+        raise child.failure(f"exited with status {status}")

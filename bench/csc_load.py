@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="20,40",
         help="sigil: authorisations for each concurrency level, e.g. 20,40",
     )
-    parser.add_argument("--hashes-per-sad", type=int, default=256, help="sigil")
+    parser.add_argument("--hashes-per-sad", type=int, default=32, help="sigil")
     return parser
 
 

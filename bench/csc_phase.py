@@ -38,13 +38,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench._procs import BIN, Child, ChildFailed, child_env, cpu_seconds, free_port
+from bench._procs import (
+    BIN,
+    Child,
+    ChildFailed,
+    child_env,
+    cpu_seconds,
+    free_port,
+    run_tool,
+)
 from bench._report import Plan, Row, detail, format_rate, progress
 
 __all__ = ["TARGET_RATIO", "CscPlan", "CscResult", "csc_plan", "run"]
 
 TARGET_RATIO = 1.0
-_TOOL_LIMIT = 120.0
 _START_LIMIT = 60.0
 _SETUP_LIMIT = 120.0
 DEFAULT_MULTISIGN = 32
@@ -137,13 +144,6 @@ class CscResult:
 
 
 # -- processes ----------------------------------------------------------------
-
-
-async def _tool(argv: list[str], env: dict[str, str], what: str) -> None:
-    child = await Child.start(what, argv, env=env)
-    status = await child.finish(_TOOL_LIMIT)
-    if status != 0:
-        raise child.failure(f"exited with status {status}")
 
 
 def _cpu(server: Child, loadgen: Child) -> tuple[float, Any, Any]:
@@ -273,11 +273,11 @@ def _count_key_use(database: Path) -> int | None:
 async def _sigil(cplan: CscPlan, home: Path, profile_dir: Path | None) -> Side:
     env = child_env(SIGIL_HOME=str(home))
     progress("csc: sigil init in a temporary home (token, CA, SQLite)")
-    await _tool([str(BIN / "sigil"), "init"], env, "sigil init")
+    await run_tool([str(BIN / "sigil"), "init"], env, "sigil init")
     if cplan.hashes_per_sad > DEFAULT_MULTISIGN:
         _set_multisign(home / "sigil.toml", cplan.hashes_per_sad)
     key_file = home / "bench-api-key"
-    await _tool(
+    await run_tool(
         [
             str(BIN / "sigil"),
             "client",

@@ -33,13 +33,13 @@ from bench._procs import (
     cpu_seconds,
     free_port,
     peak_rss_kib,
+    run_tool,
 )
 from bench._report import Plan, Row, detail, format_rate, progress
 
 __all__ = ["TARGET_RATE", "HttpResult", "run"]
 
 TARGET_RATE = 500.0
-_TOOL_LIMIT = 120.0
 _START_LIMIT = 60.0
 _SETUP_LIMIT = 180.0
 
@@ -97,13 +97,6 @@ class HttpResult:
     sigil: LoadResult
     bare: LoadResult
     rows: tuple[Row, ...]
-
-
-async def _tool(argv: list[str], env: dict[str, str], what: str) -> None:
-    child = await Child.start(what, argv, env=env)
-    status = await child.finish(_TOOL_LIMIT)
-    if status != 0:
-        raise child.failure(f"exited with status {status}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +175,9 @@ async def _drive(
 async def _sigil(plan: Plan, home: Path, profile_dir: Path | None) -> LoadResult:
     env = child_env(SIGIL_HOME=str(home))
     progress("http: sigil init in a temporary home (token, CA, VAPID key)")
-    await _tool([str(BIN / "sigil"), "init"], env, "sigil init")
+    await run_tool([str(BIN / "sigil"), "init"], env, "sigil init")
     key_file = home / "bench-api-key"
-    await _tool(
+    await run_tool(
         [
             str(BIN / "sigil"),
             "client",

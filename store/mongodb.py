@@ -69,6 +69,7 @@ from store._mongo_docs import (
     device_from_doc,
     factors_doc,
     factors_from_doc,
+    from_us,
     idempotency_lookup,
     request_doc,
     request_from_doc,
@@ -983,15 +984,14 @@ class MongoStore(Store):
                         "details": details_json,
                         "prev_hash": prev_hash,
                     }
-                    record = audit_from_doc({**doc, "hash": ""}, details)
                     doc["hash"] = chain_hash(
                         prev_hash=prev_hash,
                         seq=seq,
-                        time=record.time,
-                        event=record.event,
-                        actor=record.actor,
-                        subject=record.subject,
-                        outcome=record.outcome,
+                        time=from_us(time_us),
+                        event=event.event,
+                        actor=event.actor,
+                        subject=event.subject,
+                        outcome=event.outcome,
                         details=details,
                     )
                     if move_id is not None:
